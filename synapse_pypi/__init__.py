@@ -1,0 +1,6 @@
+"""synapse-pypi: a caching Python package index inside a Matrix homeserver."""
+
+from synapse_pypi._version import __version__
+from synapse_pypi._module import PyPIModule
+
+__all__ = ["PyPIModule", "__version__"]

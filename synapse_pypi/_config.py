@@ -1,0 +1,192 @@
+"""The module's configuration: one frozen object, built and validated in `parse_config`.
+
+To add an option:
+  1. parse and validate it in `parse_config` below (errors are `ConfigError` naming the key);
+  2. give it a default that works on one machine;
+  3. document it in docs/configuration.md (what it does, default, example);
+  4. add it, commented, to sample_homeserver.yaml;
+  5. test a good and a bad value in tests/unit/test_config.py.
+"""
+
+import os
+import re
+from typing import Any, Iterable, Mapping, Optional
+from urllib.parse import urlsplit
+
+import attrs
+
+try:
+    from synapse.module_api.errors import ConfigError
+except ImportError:  # pragma: no cover - only for tools that read this file without Synapse
+
+    class ConfigError(Exception):  # type: ignore[no-redef]
+        def __init__(self, msg: str, path: Optional[Iterable[str]] = None):
+            super().__init__(msg)
+            self.msg = msg
+            self.path = path
+
+
+@attrs.frozen(slots=True)
+class PyPIConfig:
+    """Everything the module was configured with, already validated."""
+
+    data_directory: str
+    upstream_url: str
+    page_ttl_ms: int = 10 * 60 * 1000
+    upstream_timeout_s: float = 30.0
+    max_page_size: int = 64 * 1024**2
+    max_cache_size: int = 10 * 1024**3
+
+
+KNOWN_KEYS = frozenset(
+    {
+        "data_directory",
+        "upstream_url",
+        "page_ttl",
+        "upstream_timeout",
+        "max_page_size",
+        "max_cache_size",
+    }
+)
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_size(value: Any, key: str) -> int:
+    """Read a size in bytes: an int, or a string like "10G", "512M", "100KiB".
+
+    Raises:
+        ConfigError: naming `key` if the value is not a size.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"'{key}' must be a size such as 10G or 512M, not {value!r}", path=(key,))
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"'{key}' must not be negative", path=(key,))
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+    raise ConfigError(
+        f"'{key}' must be a size such as 10G or 512M (units: K, M, G, T), not {value!r}",
+        path=(key,),
+    )
+
+
+def parse_duration_ms(value: Any, key: str) -> int:
+    """Read a duration: an int (milliseconds, as Synapse reads them) or "30s", "10m", "1h", "1d".
+
+    Raises:
+        ConfigError: naming `key` if the value is not a duration.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"'{key}' must be a duration such as 30s or 10m, not {value!r}", path=(key,))
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"'{key}' must not be negative", path=(key,))
+        return int(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _DURATION_UNITS[m.group(2) or "ms"])
+    raise ConfigError(
+        f"'{key}' must be a duration such as 30s or 10m (units: ms, s, m, h, d), not {value!r}",
+        path=(key,),
+    )
+
+
+def _check_url(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"'{key}' must be an http(s) URL string", path=(key,))
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"'{key}' must be an absolute http:// or https:// URL, not {value!r}", path=(key,)
+        )
+    url = value.strip()
+    # Page URLs are built by appending "<project>/", so the base must end in a slash.
+    return url if url.endswith("/") else url + "/"
+
+
+def default_upstream_url(environ: Optional[Mapping[str, str]] = None) -> str:
+    """The index that pip itself is configured with on this machine.
+
+    pip's own configuration wins (PIP_INDEX_URL, then its config files, as pip reads
+    them), then pip's built-in default. Imported lazily: pip is optional at run time.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("PIP_INDEX_URL"):
+        return env["PIP_INDEX_URL"].split()[0]
+    try:
+        from pip._internal.configuration import Configuration  # noqa: PLC0415
+        from pip._internal.models.index import PyPI  # noqa: PLC0415
+    except Exception:  # pragma: no cover - pip missing or its internals moved
+        raise ConfigError(
+            "'upstream_url' is not set and pip is not importable to find its default index; "
+            "set upstream_url",
+            path=("upstream_url",),
+        )
+    try:
+        conf = Configuration(isolated=False)
+        conf.load()
+        for name in ("install.index-url", "global.index-url", ":env:.index-url"):
+            try:
+                value = conf.get_value(name)
+            except Exception:
+                continue
+            if value:
+                return str(value).split()[0]
+    except Exception:
+        pass  # an unreadable pip config is pip's problem; fall back to its default
+    return PyPI.simple_url
+
+
+def parse_config(config: Any) -> PyPIConfig:
+    """Validate the module's `config:` block from homeserver.yaml.
+
+    Raises:
+        ConfigError: for the first problem found; the message names the key.
+    """
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError("synapse_pypi's config must be a mapping of options")
+    unknown = sorted(set(config) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown option '{unknown[0]}'; try one of: {', '.join(sorted(KNOWN_KEYS))}",
+            path=(unknown[0],),
+        )
+
+    data_directory = config.get("data_directory")
+    if not isinstance(data_directory, str) or not data_directory.strip():
+        raise ConfigError(
+            "'data_directory' is required: a directory for the file cache", path=("data_directory",)
+        )
+    data_directory = os.path.abspath(data_directory)
+
+    if config.get("upstream_url") is None:
+        upstream_url = _check_url(default_upstream_url(), "upstream_url")
+    else:
+        upstream_url = _check_url(config["upstream_url"], "upstream_url")
+
+    kwargs: dict = {}
+    if "page_ttl" in config:
+        kwargs["page_ttl_ms"] = parse_duration_ms(config["page_ttl"], "page_ttl")
+    if "upstream_timeout" in config:
+        timeout_ms = parse_duration_ms(config["upstream_timeout"], "upstream_timeout")
+        if timeout_ms <= 0:
+            raise ConfigError("'upstream_timeout' must be greater than zero", path=("upstream_timeout",))
+        kwargs["upstream_timeout_s"] = timeout_ms / 1000
+    if "max_page_size" in config:
+        kwargs["max_page_size"] = parse_size(config["max_page_size"], "max_page_size")
+        if kwargs["max_page_size"] < 1024:
+            raise ConfigError("'max_page_size' must be at least 1K", path=("max_page_size",))
+    if "max_cache_size" in config:
+        kwargs["max_cache_size"] = parse_size(config["max_cache_size"], "max_cache_size")
+
+    return PyPIConfig(data_directory=data_directory, upstream_url=upstream_url, **kwargs)

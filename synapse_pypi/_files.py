@@ -1,0 +1,334 @@
+"""The read path of one file: local cache, else one streamed upstream download per file.
+
+A download writes to a `*.partial` file while hashing each chunk as it arrives; every
+client asking for that file meanwhile reads the partial file behind the writer (so
+memory stays flat whatever the file size, and twenty clients cost one upstream
+download). Only when length and sha256 match is the partial renamed into the
+content-addressed cache; the last byte is held back from readers until then, so no
+client ever receives the whole of a file that failed verification.
+"""
+
+import hashlib
+import logging
+import os
+import secrets
+import time
+from typing import Any, Dict, List, Optional, Set
+
+import attrs
+from twisted.internet import defer
+
+from synapse_pypi._store import Store
+from synapse_pypi._upstream import UpstreamBadResponse, UpstreamClient, UpstreamError
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+PARTIAL_SUFFIX = ".partial"
+# Flush last-access times to the database at most this often (per blob).
+TOUCH_INTERVAL_MS = 60_000
+
+
+class ChecksumError(UpstreamBadResponse):
+    """The bytes the upstream sent are not the file its index promised."""
+
+
+@attrs.frozen
+class WantedFile:
+    """A file a client asked for, as the index page describes it."""
+
+    project: str
+    filename: str
+    url: str
+    sha256: Optional[str]
+    size: Optional[int]
+
+
+class LocalCache:
+    """The content-addressed local cache: `<root>/sha256/ab/cd/<hex>`, with LRU eviction.
+
+    Args:
+        root: the cache directory (created).
+        store: the module's database tables.
+        max_size: disk budget in bytes; least-recently-used blobs not in use are evicted.
+        clock: returns milliseconds since the epoch.
+    """
+
+    def __init__(self, root: str, store: Store, max_size: int, clock: Any = None):
+        self.root = root
+        self.partial_dir = os.path.join(root, "partial")
+        self._store = store
+        self._max_size = max_size
+        self._now_ms = clock or (lambda: int(time.time() * 1000))
+        self._sizes: Dict[str, int] = {}
+        self._last_access: Dict[str, int] = {}
+        self._pending_touch: Dict[str, int] = {}
+        self._in_use: Dict[str, int] = {}
+        self.total_size = 0
+        self._evicting = False
+
+    def blob_path(self, sha256: str) -> str:
+        return os.path.join(self.root, "sha256", sha256[:2], sha256[2:4], sha256)
+
+    async def start(self) -> None:
+        """Sweep leftover partial files and reconcile the database with the disk."""
+        os.makedirs(self.partial_dir, exist_ok=True)
+        swept = 0
+        for name in os.listdir(self.partial_dir):
+            if name.endswith(PARTIAL_SUFFIX):
+                os.unlink(os.path.join(self.partial_dir, name))
+                swept += 1
+        if swept:
+            logger.info("swept %d leftover partial downloads", swept)
+        blobs = await self._store.all_blobs()
+        for sha256, (size, last_access) in blobs.items():
+            path = self.blob_path(sha256)
+            try:
+                on_disk = os.stat(path).st_size
+            except FileNotFoundError:
+                on_disk = -1
+            if on_disk != size:
+                # Removed or damaged behind our back: forget it, it will be fetched again.
+                logger.warning("cached blob %s missing or wrong size on disk; forgetting it", sha256)
+                if on_disk >= 0:
+                    os.unlink(path)
+                await self._store.remove_blob(sha256)
+                continue
+            self._sizes[sha256] = size
+            self._last_access[sha256] = last_access
+        self.total_size = sum(self._sizes.values())
+        logger.info("local cache: %d files, %d bytes in %s", len(self._sizes), self.total_size, self.root)
+        await self.evict()
+
+    def has(self, sha256: str) -> bool:
+        return sha256 in self._sizes
+
+    def size_of(self, sha256: str) -> Optional[int]:
+        return self._sizes.get(sha256)
+
+    def new_partial(self) -> str:
+        return os.path.join(self.partial_dir, secrets.token_hex(12) + PARTIAL_SUFFIX)
+
+    async def commit(self, partial: str, wanted: WantedFile, sha256: str, size: int) -> None:
+        """Move a verified partial file into place and record it."""
+        path = self.blob_path(sha256)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(partial, path)
+        now = self._now_ms()
+        await self._store.add_blob(wanted.project, wanted.filename, sha256, size, now)
+        if sha256 not in self._sizes:
+            self.total_size += size
+        self._sizes[sha256] = size
+        self._last_access[sha256] = now
+        logger.info("cached %s/%s (%d bytes, sha256 %s)", wanted.project, wanted.filename, size, sha256)
+        await self.evict()
+
+    def acquire(self, sha256: str) -> None:
+        """Mark a blob as being served: eviction passes it over until `release`."""
+        self._in_use[sha256] = self._in_use.get(sha256, 0) + 1
+        now = self._now_ms()
+        self._last_access[sha256] = now
+        self._pending_touch[sha256] = now
+
+    def release(self, sha256: str) -> None:
+        left = self._in_use.get(sha256, 0) - 1
+        if left > 0:
+            self._in_use[sha256] = left
+        else:
+            self._in_use.pop(sha256, None)
+
+    def in_use(self, sha256: str) -> bool:
+        return sha256 in self._in_use
+
+    async def flush_touches(self) -> None:
+        if self._pending_touch:
+            pending, self._pending_touch = self._pending_touch, {}
+            await self._store.touch_blobs(pending)
+
+    async def evict(self) -> None:
+        """Remove least-recently-used blobs until the cache fits its budget."""
+        if self._evicting or self.total_size <= self._max_size:
+            return
+        self._evicting = True
+        try:
+            for sha256 in sorted(self._sizes, key=lambda s: self._last_access.get(s, 0)):
+                if self.total_size <= self._max_size:
+                    break
+                if self.in_use(sha256):
+                    continue
+                await self.remove(sha256, reason="evicted (least recently used)")
+        finally:
+            self._evicting = False
+
+    async def remove(self, sha256: str, reason: str) -> None:
+        size = self._sizes.pop(sha256, None)
+        if size is None:
+            return
+        self._last_access.pop(sha256, None)
+        self._pending_touch.pop(sha256, None)
+        self.total_size -= size
+        await self._store.remove_blob(sha256)
+        try:
+            os.unlink(self.blob_path(sha256))
+        except FileNotFoundError:
+            pass
+        logger.info("%s: removed %s (%d bytes); cache now %d bytes", reason, sha256, size, self.total_size)
+
+
+class Download:
+    """One upstream download in flight, readable by any number of clients meanwhile."""
+
+    def __init__(self, wanted: WantedFile, partial: str):
+        self.wanted = wanted
+        self.partial = partial
+        self.written = 0
+        # Content-Length of the upstream response, or the size the index promised.
+        self.length: Optional[int] = wanted.size
+        self.sha256: Optional[str] = None  # set once committed
+        self.error: Optional[UpstreamError] = None
+        self.finished = False
+        # True once the upstream answered with headers (or the download failed).
+        self.responded = False
+        self._waiters: List["defer.Deferred[None]"] = []
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and self.error is None
+
+    def readable(self) -> int:
+        """How many bytes a client may be sent now: all but the last until verified."""
+        if self.ok:
+            return self.written
+        return max(0, self.written - 1)
+
+    def wait(self) -> "defer.Deferred[None]":
+        """A Deferred that fires at the next progress (bytes written, success or failure)."""
+        d: "defer.Deferred[None]" = defer.Deferred()
+        if self.finished:
+            d.callback(None)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+class FileService:
+    """Finds the bytes of a wanted file: local cache, else the single upstream download.
+
+    Args:
+        cache: the local cache.
+        upstream: the upstream client.
+        run_background: `ModuleApi.run_as_background_process`.
+    """
+
+    def __init__(self, cache: LocalCache, store: Store, upstream: UpstreamClient, run_background: Any):
+        self._cache = cache
+        self._store = store
+        self._upstream = upstream
+        self._run_background = run_background
+        self._downloads: Dict[tuple, Download] = {}
+        self.upstream_downloads = 0  # counter, for the admin API and logs
+        self._tasks: Set[Any] = set()
+
+    def cached_sha256(self, wanted: WantedFile) -> Optional[str]:
+        if wanted.sha256 and self._cache.has(wanted.sha256):
+            return wanted.sha256
+        return None
+
+    async def cached_digest_of(self, project: str, filename: str) -> Optional[str]:
+        """The sha256 of our cached copy of a file, looked up by name."""
+        sha256 = await self._store.file_digest(project, filename)
+        return sha256 if sha256 and self._cache.has(sha256) else None
+
+    async def cached_files(self, project: str) -> Dict[str, tuple]:
+        """filename -> (sha256, size) of the files of `project` in the local cache."""
+        rows = await self._store.cached_files(project)
+        return {name: row for name, row in rows.items() if self._cache.has(row[0])}
+
+    def download(self, wanted: WantedFile) -> Download:
+        """The download of `wanted`, started now unless one is already in flight."""
+        key = (wanted.project, wanted.filename)
+        dl = self._downloads.get(key)
+        if dl is not None:
+            return dl
+        dl = Download(wanted, self._cache.new_partial())
+        self._downloads[key] = dl
+        self.upstream_downloads += 1
+
+        async def run() -> None:
+            try:
+                await self._fetch(dl)
+            finally:
+                self._downloads.pop(key, None)
+
+        # A background process, not the first client's request: the download finishes
+        # (and warms the cache) even if that client goes away.
+        self._run_background("synapse_pypi_download", run)
+        return dl
+
+    async def _fetch(self, dl: Download) -> None:
+        wanted = dl.wanted
+        hasher = hashlib.sha256()
+        fd = os.open(dl.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            response = await self._upstream.open_file(wanted.url)
+            lengths = response.headers.getRawHeaders("content-length") or []
+            if lengths and lengths[0].isdigit():
+                length = int(lengths[0])
+                if wanted.size is not None and wanted.size != length:
+                    raise ChecksumError(
+                        wanted.url,
+                        f"{wanted.filename}: size mismatch, upstream sends {length} bytes, index says {wanted.size}",
+                    )
+                dl.length = length
+            dl.responded = True
+            dl._notify()
+
+            def on_data(data: bytes) -> None:
+                hasher.update(data)
+                os.write(fd, data)
+                dl.written += len(data)
+                dl._notify()
+
+            await self._upstream.read_body(wanted.url, response, on_data)
+            os.close(fd)
+            fd = -1
+            got = hasher.hexdigest()
+            if dl.length is not None and dl.written != dl.length:
+                raise ChecksumError(
+                    wanted.url, f"{wanted.filename}: got {dl.written} bytes, expected {dl.length}"
+                )
+            if wanted.sha256 and got != wanted.sha256:
+                logger.error(
+                    "%s: sha256 mismatch, got %s, expected %s; not caching", wanted.filename, got, wanted.sha256
+                )
+                raise ChecksumError(
+                    wanted.url, f"{wanted.filename}: sha256 mismatch, got {got}, expected {wanted.sha256}"
+                )
+            await self._cache.commit(dl.partial, wanted, got, dl.written)
+            dl.sha256 = got
+            dl.finished = True
+            dl._notify()
+        except UpstreamError as e:
+            logger.warning("download of %s failed: %s", wanted.url, e)
+            self._fail(dl, e)
+        except Exception as e:
+            logger.exception("download of %s failed", wanted.url)
+            self._fail(dl, UpstreamBadResponse(wanted.url, f"internal error: {e.__class__.__name__}"))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _fail(self, dl: Download, err: UpstreamError) -> None:
+        dl.error = err
+        dl.finished = True
+        try:
+            os.unlink(dl.partial)
+        except FileNotFoundError:
+            pass
+        dl.responded = True
+        dl._notify()

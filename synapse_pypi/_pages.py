@@ -1,0 +1,228 @@
+"""Index pages: served from cache within the TTL, revalidated after it, stale while the
+upstream is unreachable.
+
+Pages are kept parsed in our own model (index.ProjectPage) in the database, so a page
+from an HTML upstream and one from a JSON upstream are served alike in either format.
+"""
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar
+
+import attrs
+from twisted.internet import defer
+
+from synapse_pypi import index
+from synapse_pypi._names import NormalizedName
+from synapse_pypi._store import Store, StoredPage
+from synapse_pypi._upstream import (
+    NotModified,
+    UpstreamBadResponse,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamNotFound,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ROOT = ""  # the project key of the root /simple/ page
+MEMORY_PAGES = 2048
+
+
+class SingleFlight:
+    """At most one call per key in flight; later callers wait for its result.
+
+    Args:
+        yieldable: wraps a Deferred so awaiting it keeps Synapse's log contexts right.
+    """
+
+    def __init__(self, yieldable: Callable[[Any], Any] = lambda d: d):
+        self._waiting: Dict[Any, List["defer.Deferred[Any]"]] = {}
+        self._yieldable = yieldable
+
+    async def run(self, key: Any, fn: Callable[[], Awaitable[T]]) -> T:
+        if key in self._waiting:
+            d: "defer.Deferred[T]" = defer.Deferred()
+            self._waiting[key].append(d)
+            return await self._yieldable(d)
+        self._waiting[key] = waiters = []
+        try:
+            result = await fn()
+        except BaseException as e:
+            del self._waiting[key]
+            for d in waiters:
+                d.errback(e)
+            raise
+        del self._waiting[key]
+        for d in waiters:
+            d.callback(result)
+        return result
+
+
+@attrs.frozen
+class PageView:
+    """A project page and how current it is."""
+
+    page: index.ProjectPage
+    # True when the upstream could not be asked and this is what we had.
+    offline: bool
+
+
+@attrs.frozen
+class _Entry:
+    stored: StoredPage
+    page: Any  # index.ProjectPage, or a tuple of names for the root
+
+
+class PageService:
+    """Gets project pages and the root list through the cache.
+
+    Args:
+        store: the module's tables.
+        upstream: the upstream client.
+        upstream_url: the upstream's simple URL, ending in "/".
+        ttl_ms: how long a page is served before it is revalidated.
+        yieldable: `make_deferred_yieldable`.
+        clock: milliseconds since the epoch.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        upstream: UpstreamClient,
+        upstream_url: str,
+        ttl_ms: int,
+        yieldable: Callable[[Any], Any] = lambda d: d,
+        clock: Optional[Callable[[], int]] = None,
+    ):
+        self._store = store
+        self._upstream = upstream
+        self._base = upstream_url
+        self._ttl = ttl_ms
+        self._now = clock or (lambda: int(time.time() * 1000))
+        self._flights = SingleFlight(yieldable)
+        self._memory: "OrderedDict[str, _Entry]" = OrderedDict()
+        self._offline_since: Optional[int] = None
+        self.upstream_page_fetches = 0
+
+    async def project(self, name: NormalizedName) -> PageView:
+        """The page of `name`.
+
+        Raises:
+            UpstreamNotFound: the upstream has no such project (and we never had it).
+            UpstreamError: the upstream failed and nothing is cached.
+        """
+        entry, offline = await self._get(name)
+        return PageView(entry.page, offline)
+
+    async def root(self) -> Tuple[List[str], bool]:
+        """The names for /simple/: the upstream's list, else the projects we have cached."""
+        try:
+            entry, offline = await self._get(ROOT)
+            return list(entry.page), offline
+        except UpstreamError as e:
+            logger.warning("root index unavailable (%s); listing cached projects only", e)
+            return await self._store.list_projects(), True
+
+    async def cached(self, name: str) -> Optional[index.ProjectPage]:
+        """The cached page of `name` whatever its age, without asking the upstream."""
+        entry = await self._load(name)
+        return entry.page if entry else None
+
+    async def _load(self, key: str) -> Optional[_Entry]:
+        entry = self._memory.get(key)
+        if entry is not None:
+            self._memory.move_to_end(key)
+            return entry
+        stored = await self._store.get_page(key)
+        if stored is None:
+            return None
+        try:
+            page = self._decode(key, stored.page)
+        except (ValueError, index.MalformedPage) as e:
+            logger.error("cached page of %r is unreadable (%s); fetching it again", key, e)
+            return None
+        entry = _Entry(stored, page)
+        self._remember(key, entry)
+        return entry
+
+    def _remember(self, key: str, entry: _Entry) -> None:
+        self._memory[key] = entry
+        self._memory.move_to_end(key)
+        while len(self._memory) > MEMORY_PAGES:
+            self._memory.popitem(last=False)
+
+    @staticmethod
+    def _decode(key: str, text: str) -> Any:
+        if key == ROOT:
+            return tuple(json.loads(text))
+        return index.page_from_json(text)
+
+    async def _get(self, key: str) -> Tuple[_Entry, bool]:
+        entry = await self._load(key)
+        if entry is not None and self._now() - entry.stored.fetched_at < self._ttl:
+            return entry, False
+        return await self._flights.run(key, lambda: self._refresh(key))
+
+    async def _refresh(self, key: str) -> Tuple[_Entry, bool]:
+        # Read again inside the flight: another flight may just have stored it.
+        entry = await self._load(key)
+        if entry is not None and self._now() - entry.stored.fetched_at < self._ttl:
+            return entry, False
+        url = self._base + (key + "/" if key else "")
+        old = entry.stored if entry else None
+        self.upstream_page_fetches += 1
+        try:
+            response = await self._upstream.get_page(
+                url, old.etag if old else None, old.last_modified if old else None
+            )
+        except NotModified:
+            assert entry is not None and old is not None
+            now = self._now()
+            await self._store.touch_page(key, now)
+            entry = _Entry(attrs.evolve(old, fetched_at=now), entry.page)
+            self._remember(key, entry)
+            self._back_online()
+            return entry, False
+        except UpstreamNotFound:
+            self._back_online()
+            raise
+        except UpstreamError as e:
+            if entry is None:
+                raise
+            self._went_offline(e)
+            return entry, True
+        self._back_online()
+        try:
+            if key == ROOT:
+                names = index.parse_root(response.body, response.content_type)
+                page: Any = tuple(sorted(set(names)))
+                text = json.dumps(list(page))
+            else:
+                page = index.parse_project(response.body, response.content_type, response.url, NormalizedName(key))
+                text = index.page_to_json(page)
+        except index.MalformedPage as e:
+            err = UpstreamBadResponse(url, f"malformed index page ({e})")
+            if entry is None:
+                raise err
+            logger.warning("%s; serving the cached copy", err)
+            return entry, True
+        stored = StoredPage(key, text, response.etag, response.last_modified, self._now())
+        await self._store.put_page(stored)
+        entry = _Entry(stored, page)
+        self._remember(key, entry)
+        return entry, False
+
+    def _went_offline(self, e: UpstreamError) -> None:
+        # One warning per outage, not one per request.
+        if self._offline_since is None:
+            self._offline_since = self._now()
+            logger.warning("upstream unreachable (%s); serving cached pages until it is back", e)
+
+    def _back_online(self) -> None:
+        if self._offline_since is not None:
+            logger.info("upstream reachable again after %.1fs", (self._now() - self._offline_since) / 1000)
+            self._offline_since = None

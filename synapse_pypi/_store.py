@@ -1,0 +1,175 @@
+"""What the module knows, kept in Synapse's own database (SQLite or PostgreSQL).
+
+All SQL uses `?` placeholders (Synapse turns them into `%s` on PostgreSQL) and never a
+literal `%` or `?` in the text (SYNAPSE-FACTS §4). Times are milliseconds since the epoch.
+"""
+
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+import attrs
+
+SCHEMA = [
+    # One row per project page we have seen, in our own storage form (index.page_to_json);
+    # project "" is the root /simple/ list.
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_pages (
+        project TEXT NOT NULL PRIMARY KEY,
+        page TEXT NOT NULL,
+        etag TEXT,
+        last_modified TEXT,
+        fetched_at BIGINT NOT NULL
+    )""",
+    # One row per committed file in the local content-addressed cache.
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_blobs (
+        sha256 TEXT NOT NULL PRIMARY KEY,
+        size BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_access BIGINT NOT NULL
+    )""",
+    # Which file of which project is which blob (distributions and their .metadata).
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_files (
+        project TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (project, filename)
+    )""",
+    "CREATE INDEX IF NOT EXISTS synapse_pypi_files_sha256 ON synapse_pypi_files (sha256)",
+]
+
+
+@attrs.frozen
+class StoredPage:
+    project: str
+    page: str
+    etag: Optional[str]
+    last_modified: Optional[str]
+    fetched_at: int
+
+
+RunDb = Callable[..., Awaitable[Any]]
+
+
+class Store:
+    """Typed queries over the module's tables.
+
+    Args:
+        run_db: `ModuleApi.run_db_interaction`.
+    """
+
+    def __init__(self, run_db: RunDb):
+        self._run_db = run_db
+
+    async def setup(self) -> None:
+        def txn(t: Any) -> None:
+            for stmt in SCHEMA:
+                t.execute(stmt)
+
+        await self._run_db("synapse_pypi_setup", txn)
+
+    async def get_page(self, project: str) -> Optional[StoredPage]:
+        def txn(t: Any) -> Optional[StoredPage]:
+            t.execute(
+                "SELECT project, page, etag, last_modified, fetched_at FROM synapse_pypi_pages"
+                " WHERE project = ?",
+                (project,),
+            )
+            row = t.fetchone()
+            return StoredPage(*row) if row else None
+
+        return await self._run_db("synapse_pypi_get_page", txn)
+
+    async def put_page(self, page: StoredPage) -> None:
+        def txn(t: Any) -> None:
+            t.execute(
+                "INSERT INTO synapse_pypi_pages (project, page, etag, last_modified, fetched_at)"
+                " VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (project) DO UPDATE SET page = excluded.page, etag = excluded.etag,"
+                " last_modified = excluded.last_modified, fetched_at = excluded.fetched_at",
+                (page.project, page.page, page.etag, page.last_modified, page.fetched_at),
+            )
+
+        await self._run_db("synapse_pypi_put_page", txn)
+
+    async def touch_page(self, project: str, fetched_at: int) -> None:
+        def txn(t: Any) -> None:
+            t.execute(
+                "UPDATE synapse_pypi_pages SET fetched_at = ? WHERE project = ?",
+                (fetched_at, project),
+            )
+
+        await self._run_db("synapse_pypi_touch_page", txn)
+
+    async def list_projects(self) -> List[str]:
+        def txn(t: Any) -> List[str]:
+            t.execute("SELECT project FROM synapse_pypi_pages WHERE project <> '' ORDER BY project")
+            return [r[0] for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_list_projects", txn)
+
+    async def all_blobs(self) -> Dict[str, Tuple[int, int]]:
+        """sha256 -> (size, last_access) for every committed blob."""
+
+        def txn(t: Any) -> Dict[str, Tuple[int, int]]:
+            t.execute("SELECT sha256, size, last_access FROM synapse_pypi_blobs")
+            return {r[0]: (int(r[1]), int(r[2])) for r in t.fetchall()}
+
+        return await self._run_db("synapse_pypi_all_blobs", txn)
+
+    async def add_blob(self, project: str, filename: str, sha256: str, size: int, now: int) -> None:
+        """Record a committed file and which project file it is, in one transaction."""
+
+        def txn(t: Any) -> None:
+            t.execute(
+                "INSERT INTO synapse_pypi_blobs (sha256, size, created_at, last_access)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (sha256) DO UPDATE SET last_access = excluded.last_access",
+                (sha256, size, now, now),
+            )
+            t.execute(
+                "INSERT INTO synapse_pypi_files (project, filename, sha256) VALUES (?, ?, ?)"
+                " ON CONFLICT (project, filename) DO UPDATE SET sha256 = excluded.sha256",
+                (project, filename, sha256),
+            )
+
+        await self._run_db("synapse_pypi_add_blob", txn)
+
+    async def touch_blobs(self, accesses: Dict[str, int]) -> None:
+        def txn(t: Any) -> None:
+            for sha256, when in accesses.items():
+                t.execute(
+                    "UPDATE synapse_pypi_blobs SET last_access = ? WHERE sha256 = ? AND last_access < ?",
+                    (when, sha256, when),
+                )
+
+        await self._run_db("synapse_pypi_touch_blobs", txn)
+
+    async def remove_blob(self, sha256: str) -> None:
+        def txn(t: Any) -> None:
+            t.execute("DELETE FROM synapse_pypi_files WHERE sha256 = ?", (sha256,))
+            t.execute("DELETE FROM synapse_pypi_blobs WHERE sha256 = ?", (sha256,))
+
+        await self._run_db("synapse_pypi_remove_blob", txn)
+
+    async def file_digest(self, project: str, filename: str) -> Optional[str]:
+        def txn(t: Any) -> Optional[str]:
+            t.execute(
+                "SELECT f.sha256 FROM synapse_pypi_files f JOIN synapse_pypi_blobs b"
+                " ON b.sha256 = f.sha256 WHERE f.project = ? AND f.filename = ?",
+                (project, filename),
+            )
+            row = t.fetchone()
+            return row[0] if row else None
+
+        return await self._run_db("synapse_pypi_file_digest", txn)
+
+    async def cached_files(self, project: str) -> Dict[str, Tuple[str, int]]:
+        """filename -> (sha256, size) for the files of `project` in the local cache."""
+
+        def txn(t: Any) -> Dict[str, Tuple[str, int]]:
+            t.execute(
+                "SELECT f.filename, f.sha256, b.size FROM synapse_pypi_files f"
+                " JOIN synapse_pypi_blobs b ON b.sha256 = f.sha256 WHERE f.project = ?",
+                (project,),
+            )
+            return {r[0]: (r[1], int(r[2])) for r in t.fetchall()}
+
+        return await self._run_db("synapse_pypi_cached_files", txn)

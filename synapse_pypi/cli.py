@@ -1,0 +1,146 @@
+"""The `synapse-pypi` console script.
+
+    synapse-pypi run [--data-dir DIR] [--port 8080] [--upstream URL]
+
+`run` is the one-machine quick start: it writes a homeserver.yaml from the sample
+(paths under one data directory, SQLite, the module enabled) unless one is there
+already, starts Synapse with it, waits until it answers, and prints the pip and uv
+commands to use. Ctrl-C stops everything it started.
+"""
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from importlib import resources
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+DEFAULT_DATA_DIR = "synapse-pypi-data"
+
+
+def sample_config_text() -> str:
+    """The sample homeserver.yaml shipped with the package."""
+    return resources.files("synapse_pypi").joinpath("sample_homeserver.yaml").read_text("utf-8")
+
+
+def build_homeserver_config(
+    data_dir: str,
+    port: int,
+    upstream_url: Optional[str] = None,
+    bind: str = "127.0.0.1",
+    extra_module_config: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """The sample config with its paths and port pointed at `data_dir` and `port`."""
+    data_dir = os.path.abspath(data_dir)
+    config = yaml.safe_load(sample_config_text())
+    config["server_name"] = f"localhost:{port}"
+    listener = config["listeners"][0]
+    listener["port"] = port
+    listener["bind_addresses"] = [bind]
+    config["database"] = {"name": "sqlite3", "args": {"database": os.path.join(data_dir, "homeserver.db")}}
+    config["media_store_path"] = os.path.join(data_dir, "media_store")
+    config["signing_key_path"] = os.path.join(data_dir, "signing.key")
+    config["registration_shared_secret"] = secrets.token_urlsafe(32)
+    module = next(m for m in config["modules"] if m["module"] == "synapse_pypi.PyPIModule")
+    module_config = module.setdefault("config", {})
+    module_config["data_directory"] = os.path.join(data_dir, "pypi")
+    if upstream_url:
+        module_config["upstream_url"] = upstream_url
+    module_config.update(extra_module_config or {})
+    return config
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, deadline_s: float = 120.0) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)  # polling interval of a readiness probe, not a synchronisation
+    return False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    data_dir = os.path.abspath(args.data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    config_path = os.path.join(data_dir, "homeserver.yaml")
+    if os.path.exists(config_path):
+        print(f"using existing {config_path}")
+        with open(config_path) as f:
+            config = yaml.safe_load(f)
+        port = config["listeners"][0]["port"]
+    else:
+        config = build_homeserver_config(data_dir, args.port, args.upstream)
+        port = args.port
+        with open(config_path, "w") as f:
+            f.write("# written by `synapse-pypi run` from the sample; edit freely, it is kept.\n")
+            yaml.safe_dump(config, f, sort_keys=False)
+        print(f"wrote {config_path}")
+
+    env = dict(os.environ)
+    procs: List[subprocess.Popen] = []
+    synapse = subprocess.Popen(
+        [sys.executable, "-m", "synapse.app.homeserver", "-c", config_path],
+        cwd=data_dir,
+        env=env,
+    )
+    procs.append(synapse)
+
+    def stop(*_: Any) -> None:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        if not _wait_ready(base + "/_matrix/client/versions", synapse):
+            print("Synapse did not start; see the log above", file=sys.stderr)
+            stop()
+            return 1
+        index_url = base + "/simple/"
+        print()
+        print(f"synapse-pypi is ready: homeserver {base}, data in {data_dir}")
+        print("Install through it with:")
+        print(f"    pip install --index-url {index_url} <package>")
+        print(f"    uv pip install --index-url {index_url} <package>")
+        print("Ctrl-C stops it.")
+        sys.stdout.flush()
+        return synapse.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="synapse-pypi", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a ready homeserver with the module (one machine, SQLite)")
+    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where everything is kept (default: %(default)s)")
+    run.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1 (default: %(default)s)")
+    run.add_argument("--upstream", default=None, help="upstream simple index URL (default: pip's configured index)")
+    run.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Config: good values become the expected frozen object; every bad one names its key."""
+
+import attrs
+import pytest
+from synapse.module_api.errors import ConfigError
+
+from synapse_pypi._config import PyPIConfig, default_upstream_url, parse_config
+
+BASE = {"data_directory": "/var/lib/x", "upstream_url": "http://127.0.0.1:9/simple"}
+
+
+def test_full_config_parses_to_expected_object():
+    got = parse_config(
+        {
+            **BASE,
+            "page_ttl": "5m",
+            "upstream_timeout": "2s",
+            "max_page_size": "1M",
+            "max_cache_size": "3G",
+        }
+    )
+    assert got == PyPIConfig(
+        data_directory="/var/lib/x",
+        upstream_url="http://127.0.0.1:9/simple/",
+        page_ttl_ms=300_000,
+        upstream_timeout_s=2.0,
+        max_page_size=1024**2,
+        max_cache_size=3 * 1024**3,
+    )
+
+
+def test_defaults():
+    got = parse_config(dict(BASE))
+    assert got.page_ttl_ms == 600_000
+    assert got.upstream_timeout_s == 30.0
+    assert got.max_cache_size == 10 * 1024**3
+    assert got.max_page_size == 64 * 1024**2
+
+
+def test_config_is_frozen():
+    got = parse_config(dict(BASE))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        got.page_ttl_ms = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "change, key, words",
+    [
+        ({"data_directory": None}, "data_directory", "required"),
+        ({"data_directory": 3}, "data_directory", "required"),
+        ({"upstream_url": "ftp://x/simple/"}, "upstream_url", "http"),
+        ({"upstream_url": "not a url"}, "upstream_url", "absolute"),
+        ({"upstream_url": 5}, "upstream_url", "URL"),
+        ({"page_ttl": "soon"}, "page_ttl", "duration"),
+        ({"page_ttl": -1}, "page_ttl", "negative"),
+        ({"page_ttl": True}, "page_ttl", "duration"),
+        ({"upstream_timeout": "0s"}, "upstream_timeout", "greater than zero"),
+        ({"upstream_timeout": "200ms x"}, "upstream_timeout", "duration"),
+        ({"max_cache_size": "lots"}, "max_cache_size", "size"),
+        ({"max_cache_size": -5}, "max_cache_size", "negative"),
+        ({"max_page_size": "12"}, "max_page_size", "at least 1K"),
+        ({"colour": "blue"}, "colour", "try one of"),
+    ],
+)
+def test_bad_values_name_their_key(change, key, words):
+    config = {**BASE, **change}
+    with pytest.raises(ConfigError) as e:
+        parse_config(config)
+    assert f"'{key}'" in str(e.value)
+    assert words in str(e.value)
+    assert tuple(e.value.path) == (key,)
+
+
+def test_not_a_mapping():
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_config(["data_directory"])
+
+
+def test_upstream_defaults_to_pips_configured_index(tmp_path, monkeypatch):
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = http://127.0.0.1:7/configured/simple\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    got = parse_config({"data_directory": "/x"})
+    assert got.upstream_url == "http://127.0.0.1:7/configured/simple/"
+
+
+def test_upstream_env_wins(monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:8/env/simple/")
+    assert default_upstream_url() == "http://127.0.0.1:8/env/simple/"
+
+
+def test_upstream_falls_back_to_pips_builtin_default(tmp_path, monkeypatch):
+    from pip._internal.models.index import PyPI
+
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "missing.conf"))
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path))
+    # Site-wide pip.conf files may exist on a machine; isolate from them too.
+    monkeypatch.setattr("pip._internal.configuration.get_configuration_files", lambda: {})
+    assert default_upstream_url() == PyPI.simple_url
