@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Set
 import attrs
 from twisted.internet import defer
 
+from synapse_pypi._context import fire_all
 from synapse_pypi._store import Store
 from synapse_pypi._upstream import UpstreamBadResponse, UpstreamClient, UpstreamError
 
@@ -201,19 +202,28 @@ class Download:
             return self.written
         return max(0, self.written - 1)
 
-    def wait(self) -> "defer.Deferred[None]":
-        """A Deferred that fires at the next progress (bytes written, success or failure)."""
+    def wait(self, clock: Any = None, timeout: Optional[float] = None) -> "defer.Deferred[None]":
+        """A Deferred that fires at the next progress (bytes written, success or failure),
+        or after `timeout` seconds on `clock` if that comes first."""
         d: "defer.Deferred[None]" = defer.Deferred()
         if self.finished:
             d.callback(None)
-        else:
-            self._waiters.append(d)
+            return d
+        self._waiters.append(d)
+        if timeout is not None:
+
+            def expire() -> None:
+                if d in self._waiters:
+                    self._waiters.remove(d)
+                    fire_all([d])
+
+            call = clock.callLater(timeout, expire)
+            d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
         return d
 
     def _notify(self) -> None:
         waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        fire_all(waiters)
 
 
 class FileService:

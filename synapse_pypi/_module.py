@@ -50,6 +50,7 @@ class PyPIModule:
             page_max_age=config.page_ttl_ms // 1000,
             run_in_background=run_in_background,
             yieldable=make_deferred_yieldable,
+            clock=reactor,
         )
         # Requests that arrive before start-up finished wait for it (see _Gate in _web).
         self._simple.gate_on(api.run_as_background_process("synapse_pypi_start", self._start))

@@ -15,6 +15,7 @@ import attrs
 from twisted.internet import defer
 
 from synapse_pypi import index
+from synapse_pypi._context import fire_all
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._store import Store, StoredPage
 from synapse_pypi._upstream import (
@@ -53,12 +54,10 @@ class SingleFlight:
             result = await fn()
         except BaseException as e:
             del self._waiting[key]
-            for d in waiters:
-                d.errback(e)
+            fire_all(waiters, e)
             raise
         del self._waiting[key]
-        for d in waiters:
-            d.callback(result)
+        fire_all(waiters, result)
         return result
 
 

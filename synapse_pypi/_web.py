@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from synapse_pypi import index
+from synapse_pypi._context import fire_all
 from synapse_pypi._files import CHUNK, Download, FileService, LocalCache, WantedFile
 from synapse_pypi._names import InvalidName, is_safe_filename, normalize
 from synapse_pypi._negotiate import Format, choose_format
@@ -27,6 +28,12 @@ from synapse_pypi._upstream import UpstreamError
 logger = logging.getLogger(__name__)
 
 METADATA_SUFFIX = ".metadata"
+# A download is answered only once it is complete, or this many bytes are in, or this
+# many seconds have passed. Small files (most wheels, every .metadata) are thus verified
+# before the status line is sent, and a failure is a clean 502/504; a large or slow one
+# starts streaming early, and a failure after that can only abort the connection.
+STREAM_AFTER_BYTES = 1024 * 1024
+STREAM_AFTER_SECONDS = 1.0
 
 
 class HttpError(Exception):
@@ -78,6 +85,7 @@ class SimpleResource(Resource):
         page_max_age: seconds clients may cache a page (Cache-Control).
         run_in_background: Synapse's `run_in_background`.
         yieldable: Synapse's `make_deferred_yieldable`.
+        clock: the reactor, for timers.
     """
 
     isLeaf = True
@@ -90,8 +98,10 @@ class SimpleResource(Resource):
         page_max_age: int,
         run_in_background: Callable[..., Any],
         yieldable: Callable[[Any], Any],
+        clock: Any,
     ):
         super().__init__()
+        self._clock = clock
         self._pages = pages
         self._files = files
         self._cache = cache
@@ -108,8 +118,7 @@ class SimpleResource(Resource):
         def open_gate(_: Any) -> None:
             self._ready = True
             waiters, self._ready_waiters = self._ready_waiters, []
-            for w in waiters:
-                w.callback(None)
+            fire_all(waiters)
 
         started.addBoth(open_gate)
 
@@ -169,6 +178,9 @@ class SimpleResource(Resource):
         accept = request.getHeader(b"accept")
         fmt_args = request.args.get(b"format")
         fmt_param = fmt_args[0].decode("utf-8", "replace") if fmt_args else None
+        if fmt_param:
+            # A literal "+" in a query string decodes as a space; media types have none.
+            fmt_param = fmt_param.replace(" ", "+")
         chosen = choose_format(accept.decode("latin-1") if accept else None, fmt_param)
         request.setHeader(b"Vary", b"Accept")
         if chosen is None:
@@ -233,8 +245,12 @@ class SimpleResource(Resource):
         if sha256 is not None:
             return self._serve_cached(request, sha256, filename)
         dl = self._files.download(wanted)
-        while not dl.responded:
-            await self._yieldable(dl.wait())
+        deadline = self._clock.seconds() + STREAM_AFTER_SECONDS
+        while not dl.finished and (not dl.responded or dl.written < STREAM_AFTER_BYTES):
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0 and dl.responded:
+                break
+            await self._yieldable(dl.wait(self._clock, max(remaining, 0.05) if dl.responded else None))
         if dl.error is not None:
             raise dl.error
         if dl.ok and dl.sha256:

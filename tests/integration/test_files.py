@@ -1,0 +1,207 @@
+"""Files through a real Synapse: streaming, one download per file, verification, HTTP caching
+headers and ranges."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
+from harness.upstream import http_request
+
+pytestmark = pytest.mark.synapse
+
+
+def _add(mirror, name: str, payload_size: int = 0) -> Path:
+    return build_wheel(project_dir(mirror.root, name), name, "1.0", payload_size=payload_size)
+
+
+def test_cached_file_headers_head_range_and_etag(mirror):
+    path = _add(mirror, "headers-pkg", payload_size=200_000)
+    data = path.read_bytes()
+    sha = sha256_file(path)
+    url = f"/simple/headers-pkg/{path.name}"
+    status, headers, body = mirror.get(url)  # first: from the upstream
+    assert status == 200 and body == data
+    status, headers, body = mirror.get(url)  # second: from the cache
+    assert status == 200 and body == data
+    assert headers["etag"] == f'"{sha}"'
+    assert headers["content-length"] == str(len(data))
+    assert "last-modified" in headers
+    assert headers["accept-ranges"] == "bytes"
+
+    status, hdrs, body = mirror.get(url, method="HEAD")
+    assert status == 200 and body == b"" and hdrs["content-length"] == str(len(data))
+
+    status, hdrs, body = mirror.get(url, {"Range": "bytes=100-1099"})
+    assert status == 206 and body == data[100:1100]
+    assert hdrs["content-range"] == f"bytes 100-1099/{len(data)}"
+    status, hdrs, body = mirror.get(url, {"Range": "bytes=-500"})
+    assert status == 206 and body == data[-500:]
+    status, hdrs, body = mirror.get(url, {"Range": f"bytes={len(data) + 10}-"})
+    assert status == 416
+
+    status, _, body = mirror.get(url, {"If-None-Match": f'"{sha}"'})
+    assert status == 304 and body == b""
+    assert mirror.upstream.hit_count(mirror.upstream.file_path("headers-pkg", path.name)) == 1
+
+
+def test_twenty_clients_one_upstream_download_streamed(mirror):
+    # 3 MB at 1 MB/s: the download is in flight long enough for every client to start.
+    path = _add(mirror, "popular-pkg", payload_size=3_000_000)
+    sha = sha256_file(path)
+    upstream_path = mirror.upstream.file_path("popular-pkg", path.name)
+    mirror.upstream.fault(upstream_path, "slow", rate=1_000_000)
+    assert mirror.get("/simple/popular-pkg/")[0] == 200
+    blob = mirror.blob_path(sha)
+    url = mirror.hs.url + f"/simple/popular-pkg/{path.name}"
+    results = {}
+    committed_at_first_byte = {}
+
+    def client(i: int) -> None:
+        with urllib.request.urlopen(url, timeout=120) as r:
+            first = r.read(1)
+            committed_at_first_byte[i] = blob.exists()
+            rest = r.read()
+        results[i] = hashlib.sha256(first + rest).hexdigest()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    mirror.upstream.clear_faults()
+    assert results == {i: sha for i in range(20)}
+    assert mirror.upstream.hit_count(upstream_path) == 1
+    # Nobody waited for the whole download: each got its first byte before the commit.
+    assert committed_at_first_byte == {i: False for i in range(20)}
+    assert blob.exists()
+
+
+def test_wrong_bytes_are_not_cached_and_both_hashes_logged(mirror):
+    path = _add(mirror, "tampered-pkg", payload_size=10_000)
+    sha = sha256_file(path)
+    upstream_path = mirror.upstream.file_path("tampered-pkg", path.name)
+    mirror.get("/simple/tampered-pkg/")
+    mirror.upstream.fault(upstream_path, "wrong-bytes")
+    status, _, body = mirror.get(f"/simple/tampered-pkg/{path.name}")
+    assert status == 502
+    assert b"sha256 mismatch" in body and body.count(b"\n") == 1
+    bad = hashlib.sha256(bytes(b ^ 0x5A for b in path.read_bytes())).hexdigest()
+    log = mirror.hs.log_text()
+    assert f"got {bad}, expected {sha}" in log
+    assert not mirror.blob_path(sha).exists() and not mirror.blob_path(bad).exists()
+    assert list((mirror.hs.data_directory / "cache" / "partial").iterdir()) == []
+    # Once the upstream behaves, the file is fetched and served.
+    mirror.upstream.clear_faults()
+    status, _, body = mirror.get(f"/simple/tampered-pkg/{path.name}")
+    assert status == 200 and body == path.read_bytes()
+
+
+def test_large_file_truncated_mid_stream_aborts_and_caches_nothing(mirror):
+    path = _add(mirror, "cutoff-pkg", payload_size=3_000_000)
+    sha = sha256_file(path)
+    upstream_path = mirror.upstream.file_path("cutoff-pkg", path.name)
+    mirror.get("/simple/cutoff-pkg/")
+    mirror.upstream.fault(upstream_path, "truncate", bytes=2_000_000)
+    with pytest.raises(Exception) as e:  # IncompleteRead or a reset: never a whole body
+        with urllib.request.urlopen(mirror.hs.url + f"/simple/cutoff-pkg/{path.name}", timeout=60) as r:
+            r.read()
+    assert "IncompleteRead" in repr(e.value) or "reset" in repr(e.value).lower()
+    mirror.upstream.clear_faults()
+    assert not mirror.blob_path(sha).exists()
+    status, _, body = mirror.get(f"/simple/cutoff-pkg/{path.name}")
+    assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+
+
+def _start_slow_reader(url: str) -> socket.socket:
+    """A client that asks for a file and then stops reading (a tiny receive window)."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, int(port)))
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    assert s.recv(64).startswith(b"HTTP/1.1 200")
+    return s
+
+
+def test_eviction_is_lru_and_spares_files_being_served(synapse_factory, upstream_factory, dists_dir):
+    upstream = upstream_factory()
+    big = build_wheel(project_dir(dists_dir, "big"), "big", "1.0", payload_size=20_000_000)
+    small = [
+        build_wheel(project_dir(dists_dir, f"small{i}"), f"small{i}", "1.0", payload_size=300_000) for i in range(4)
+    ]
+    # Room for big and one small file, not two: every further small file evicts something.
+    hs = synapse_factory(module_config={"upstream_url": upstream.url, "max_cache_size": 20_450_000})
+
+    def blob(path: Path) -> Path:
+        sha = sha256_file(path)
+        return hs.data_directory / "cache" / "sha256" / sha[:2] / sha[2:4] / sha
+
+    def get(path: Path) -> bytes:
+        name = path.name.split("-")[0]
+        status, _, body = http_request(f"{hs.url}/simple/{name}/{path.name}", timeout=60)
+        assert status == 200
+        return body
+
+    get(big)
+    get(small[0])
+    assert blob(big).exists() and blob(small[0]).exists()
+    # A slow client starts reading big; then small0 is used again, so big is the least
+    # recently used file while it is still being sent. Caching small1 must evict small0,
+    # not big.
+    reader = _start_slow_reader(f"{hs.url}/simple/big/{big.name}")
+    try:
+        get(small[0])
+        get(small[1])
+        assert blob(big).exists(), "a file being served was evicted"
+        assert not blob(small[0]).exists()
+        assert blob(small[1]).exists()
+    finally:
+        reader.close()
+
+    def reader_request_ended() -> bool:
+        # Synapse logs a request when it ends: the first GET of big, then the reader's.
+        return hs.log_text().count(f'"GET /simple/big/{big.name} HTTP/1.1"') >= 2
+
+    _poll(reader_request_ended)
+    # Now nobody is reading big; it is the least recently used and goes first.
+    get(small[2])
+
+    def big_gone() -> bool:
+        return not blob(big).exists()
+
+    _poll(big_gone)
+    assert blob(small[1]).exists() and blob(small[2]).exists()
+    # An evicted file is fetched again from the upstream, correctly.
+    before = upstream.hit_count(upstream.file_path("small0", small[0].name))
+    assert get(small[0]) == small[0].read_bytes()
+    assert upstream.hit_count(upstream.file_path("small0", small[0].name)) == before + 1
+
+
+def _poll(cond, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition {cond.__name__} not met within {timeout}s")
+        time.sleep(0.05)  # polling interval
+
+
+def test_leftover_partials_swept_at_startup(synapse_factory, upstream_factory, dists_dir):
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url})
+    partial_dir = hs.data_directory / "cache" / "partial"
+    leftover = partial_dir / "deadbeef.partial"
+    hs.stop()
+    leftover.write_bytes(b"half a wheel")
+    hs.start()
+    _poll(lambda: not leftover.exists())
+    assert "swept 1 leftover partial downloads" in hs.log_text()
