@@ -9,14 +9,13 @@ import logging
 from typing import Any, Callable, Optional
 
 import attrs
-import treq
 from treq.client import HTTPClient
 from twisted.internet import defer, error as internet_error
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
 from synapse_pypi._version import __version__
@@ -203,8 +202,8 @@ class UpstreamClient:
                     reactor=self._reactor,
                 )
             )
-        except (defer.CancelledError, internet_error.TimeoutError, treq.client.ResponseNeverReceived) as e:  # type: ignore[attr-defined]
-            if isinstance(e, treq.client.ResponseNeverReceived) and not _is_timeout(e):  # type: ignore[attr-defined]
+        except (defer.CancelledError, internet_error.TimeoutError, ResponseNeverReceived) as e:
+            if isinstance(e, ResponseNeverReceived) and not _is_timeout(e):
                 raise UpstreamBadResponse(url, f"connection closed before a response ({_never_received(e)})")
             raise UpstreamTimeout(url, f"no response within {self._timeout:g}s")
         except internet_error.ConnectError as e:

@@ -30,10 +30,12 @@ logger = logging.getLogger(__name__)
 METADATA_SUFFIX = ".metadata"
 # A download is answered only once it is complete, or this many bytes are in, or this
 # many seconds have passed. Small files (most wheels, every .metadata) are thus verified
-# before the status line is sent, and a failure is a clean 502/504; a large or slow one
-# starts streaming early, and a failure after that can only abort the connection.
+# before the status line is sent, and a failure (a stall included, as long as the
+# upstream timeout is shorter than the wait) is a clean 502/504; a large one starts
+# streaming early, and a failure after that can only abort the connection. The time
+# limit keeps a client's own read timeout (pip: 15 s) from firing on a slow upstream.
 STREAM_AFTER_BYTES = 1024 * 1024
-STREAM_AFTER_SECONDS = 1.0
+STREAM_AFTER_SECONDS = 10.0
 
 
 class HttpError(Exception):

@@ -1,0 +1,150 @@
+"""Bad input and upstream faults: each gets a clear status with a one-line reason, never a
+500, never a corrupt cache entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.dists import build_wheel, project_dir, sha256_file
+
+pytestmark = pytest.mark.synapse
+
+
+def _one_line(body: bytes) -> str:
+    text = body.decode("utf-8")
+    assert text.endswith("\n") and text.count("\n") == 1, f"not one line: {text!r}"
+    assert "Traceback" not in text
+    return text
+
+
+def _no_traceback_for(mirror, path: str) -> None:
+    # Our own error path logs no traceback for an expected failure.
+    log = mirror.hs.log_text()
+    assert f"error handling b'{path}'" not in log
+
+
+@pytest.mark.parametrize(
+    "path, status, words",
+    [
+        ("/simple/alpha/..%2F..%2F..%2Fetc%2Fpasswd", 400, "invalid file name"),
+        ("/simple/alpha/%2e%2e", 400, "invalid file name"),
+        ("/simple/alpha/.hidden", 400, "invalid file name"),
+        ("/simple/alpha/a%00b.whl", 400, "invalid file name"),
+        ("/simple/..%2F..%2Fetc/", 400, "invalid project name"),
+        ("/simple/%2e%2e/", 400, "invalid project name"),
+        ("/simple/-starts-with-dash/", 400, "invalid project name"),
+        ("/simple/has%20space/", 400, "invalid project name"),
+        ("/simple/" + "a" * 300 + "/", 400, "invalid project name"),
+        ("/simple/%ff%fe/", 400, "UTF-8"),
+        ("/simple/alpha/sub/dir/", 404, "no such page"),
+        ("/simple/alpha/alpha-9.9-py3-none-any.whl", 404, "no such file"),
+        ("/simple/alpha/nothing.tar.gz.metadata", 404, "no metadata"),
+        ("/simple/no-such-project-here/", 404, "not found"),
+    ],
+)
+def test_bad_requests(mirror, path, status, words):
+    got, headers, body = mirror.get(path)
+    assert got == status, body
+    assert words in _one_line(body)
+    assert headers["content-type"].startswith("text/plain")
+
+
+def test_traversal_never_reads_outside(mirror):
+    for path in ("/simple/../../etc/passwd", "/simple/alpha/../../../etc/passwd", "/simple/%2F/etc/passwd"):
+        status, _, body = mirror.get(path)
+        assert status in (301, 400, 404), (path, status)
+        assert b"root:" not in body
+
+
+def test_post_is_405(mirror):
+    status, headers, body = mirror.get("/simple/alpha/", method="POST")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    _one_line(body)
+
+
+def _fresh(mirror, name: str, payload_size: int = 5000):
+    path = build_wheel(project_dir(mirror.root, name), name, "1.0", payload_size=payload_size)
+    return path, f"/simple/{name}/", f"/simple/{name}/{path.name}", mirror.upstream.file_path(name, path.name)
+
+
+@pytest.mark.parametrize(
+    "fault, status, words",
+    [
+        ({"kind": "malformed", "body": b'{"meta": {"api-version": "1.0"}, "files": 7}'}, 502, "malformed index page"),
+        ({"kind": "malformed"}, 502, "malformed index page"),
+        ({"kind": "status", "status": 500}, 502, "answered 500"),
+        ({"kind": "status", "status": 503}, 502, "answered 503"),
+        ({"kind": "status", "status": 404}, 404, "not found"),
+        ({"kind": "timeout", "stage": "before"}, 504, "no response within"),
+        ({"kind": "timeout", "stage": "body"}, 504, "no data for"),
+        ({"kind": "reset", "stage": "before"}, 502, "connection closed before a response"),
+        ({"kind": "reset", "stage": "body"}, 502, "connection lost"),
+        ({"kind": "truncate"}, 502, "connection lost"),
+    ],
+)
+def test_page_faults(mirror, fault, status, words):
+    name = f"pagefault-{abs(hash(repr(fault))) % 10**8}"
+    _, page, _, _ = _fresh(mirror, name)
+    mirror.upstream.fault(page, **fault)
+    try:
+        got, _, body = mirror.get(page)
+    finally:
+        mirror.upstream.clear_faults()
+    assert got == status, body
+    assert words in _one_line(body)
+    _no_traceback_for(mirror, page)
+    # Nothing broken was stored: with the upstream healthy, the page is right.
+    got, _, body = mirror.get(page)
+    assert got == 200 and name.encode() in body
+
+
+@pytest.mark.parametrize(
+    "fault, status, words",
+    [
+        ({"kind": "status", "status": 500}, 502, "answered 500"),
+        ({"kind": "status", "status": 404}, 404, "not found"),
+        ({"kind": "status", "status": 410}, 404, "not found"),
+        ({"kind": "timeout", "stage": "before"}, 504, "no response within"),
+        ({"kind": "timeout", "stage": "body"}, 504, "no data for"),
+        ({"kind": "reset", "stage": "before"}, 502, "connection closed before a response"),
+        ({"kind": "reset", "stage": "headers"}, 502, "connection lost"),
+        ({"kind": "reset", "stage": "body"}, 502, "connection lost"),
+        ({"kind": "truncate"}, 502, "connection lost"),
+        ({"kind": "wrong-bytes"}, 502, "sha256 mismatch"),
+    ],
+)
+def test_file_faults(mirror, fault, status, words):
+    name = f"filefault-{abs(hash(repr(fault))) % 10**8}"
+    path, page, url, upstream_path = _fresh(mirror, name)
+    assert mirror.get(page)[0] == 200
+    mirror.upstream.fault(upstream_path, **fault)
+    try:
+        got, _, body = mirror.get(url)
+    finally:
+        mirror.upstream.clear_faults()
+    assert got == status, body
+    assert words in _one_line(body)
+    _no_traceback_for(mirror, url)
+    sha = sha256_file(path)
+    assert not mirror.blob_path(sha).exists()
+    assert list((mirror.hs.data_directory / "cache" / "partial").iterdir()) == []
+    # The next request, with the upstream healthy, gets the real file.
+    got, _, body = mirror.get(url)
+    assert got == 200 and body == path.read_bytes()
+    assert mirror.blob_path(sha).exists()
+
+
+def test_page_too_large_is_refused(synapse_factory, upstream_factory, dists_dir):
+    for i in range(40):
+        build_wheel(project_dir(dists_dir, "wide"), "wide", f"1.{i}")
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url, "max_page_size": "2K"})
+    status, _, body = hs.request("GET", "/simple/wide/")
+    assert status == 502
+    assert "larger than 2048 bytes" in _one_line(body)
+
+
+def test_unreachable_upstream_without_cache_is_502(synapse_factory):
+    hs = synapse_factory()  # the harness default upstream is a dead loopback port
+    status, _, body = hs.request("GET", "/simple/alpha/")
+    assert status == 502 and "cannot connect" in _one_line(body)
