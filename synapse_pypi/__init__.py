@@ -2,5 +2,6 @@
 
 from synapse_pypi._version import __version__
 from synapse_pypi._module import PyPIModule
+from synapse_pypi.storage import StorageBackend
 
-__all__ = ["PyPIModule", "__version__"]
+__all__ = ["PyPIModule", "StorageBackend", "__version__"]

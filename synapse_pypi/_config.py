@@ -8,9 +8,10 @@ To add an option:
   5. test a good and a bad value in tests/unit/test_config.py.
 """
 
+import importlib
 import os
 import re
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
@@ -27,6 +28,15 @@ except ImportError:  # pragma: no cover - only for tools that read this file wit
 
 
 @attrs.frozen(slots=True)
+class StorageProviderConfig:
+    """One entry of `storage_providers`: the backend class and its parsed config."""
+
+    name: str  # "<index>:<module>", stable while the list is not reordered
+    cls: Any
+    config: Any
+
+
+@attrs.frozen(slots=True)
 class PyPIConfig:
     """Everything the module was configured with, already validated."""
 
@@ -36,10 +46,15 @@ class PyPIConfig:
     upstream_timeout_s: float = 30.0
     max_page_size: int = 64 * 1024**2
     max_cache_size: int = 10 * 1024**3
+    storage_providers: Tuple[StorageProviderConfig, ...] = ()
+    # How often pending IPFS adds are retried while a storage backend is down.
+    storage_retry_ms: int = 5000
 
 
 KNOWN_KEYS = frozenset(
     {
+        "storage_providers",
+        "storage_retry_interval",
         "data_directory",
         "upstream_url",
         "page_ttl",
@@ -189,4 +204,52 @@ def parse_config(config: Any) -> PyPIConfig:
     if "max_cache_size" in config:
         kwargs["max_cache_size"] = parse_size(config["max_cache_size"], "max_cache_size")
 
+    if "storage_providers" in config:
+        kwargs["storage_providers"] = parse_storage_providers(config["storage_providers"])
+    if "storage_retry_interval" in config:
+        kwargs["storage_retry_ms"] = parse_duration_ms(config["storage_retry_interval"], "storage_retry_interval")
+        if kwargs["storage_retry_ms"] <= 0:
+            raise ConfigError("'storage_retry_interval' must be greater than zero", path=("storage_retry_interval",))
+
     return PyPIConfig(data_directory=data_directory, upstream_url=upstream_url, **kwargs)
+
+
+def parse_storage_providers(value: Any) -> Tuple[StorageProviderConfig, ...]:
+    """Load each `{module: dotted.path.Class, config: {...}}` and parse its config.
+
+    Raises:
+        ConfigError: naming `storage_providers` and the entry's position.
+    """
+    key = "storage_providers"
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"'{key}' must be a list of {{module: ..., config: ...}} entries", path=(key,))
+    out = []
+    for i, entry in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("module"), str):
+            raise ConfigError(f"'{where}' must be a mapping with a 'module' string", path=(key, str(i)))
+        extra = sorted(set(entry) - {"module", "config"})
+        if extra:
+            raise ConfigError(f"'{where}': unknown key '{extra[0]}'; try one of: module, config", path=(key, str(i)))
+        dotted = entry["module"]
+        module_name, _, class_name = dotted.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ConfigError(
+                f"'{where}.module': cannot load {dotted!r} ({e.__class__.__name__}: {e})",
+                path=(key, str(i), "module"),
+            )
+        parse = getattr(cls, "parse_config", None)
+        try:
+            parsed = parse(entry.get("config") or {}) if parse else entry.get("config") or {}
+        except ConfigError as e:
+            inner = ".".join(e.path) if e.path else ""
+            raise ConfigError(
+                f"'{where}.config{'.' + inner if inner else ''}': {e.msg}",
+                path=(key, str(i), "config", *(e.path or ())),
+            )
+        out.append(StorageProviderConfig(name=f"{i}:{dotted}", cls=cls, config=parsed))
+    return tuple(out)

@@ -20,7 +20,9 @@ from twisted.internet import defer
 
 from synapse_pypi._context import fire_all
 from synapse_pypi._store import Store
-from synapse_pypi._upstream import UpstreamBadResponse, UpstreamClient, UpstreamError
+from synapse_pypi._backends import Backends
+from synapse_pypi._upstream import UpstreamBadResponse, UpstreamClient, UpstreamError, UpstreamUnreachable
+from synapse_pypi.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class LocalCache:
         self._in_use: Dict[str, int] = {}
         self.total_size = 0
         self._evicting = False
+        # Blobs that must stay even when least recently used (e.g. not yet added to IPFS).
+        self.keep: Any = lambda sha256: False
 
     def blob_path(self, sha256: str) -> str:
         return os.path.join(self.root, "sha256", sha256[:2], sha256[2:4], sha256)
@@ -155,7 +159,7 @@ class LocalCache:
             for sha256 in sorted(self._sizes, key=lambda s: self._last_access.get(s, 0)):
                 if self.total_size <= self._max_size:
                     break
-                if self.in_use(sha256):
+                if self.in_use(sha256) or self.keep(sha256):
                     continue
                 await self.remove(sha256, reason="evicted (least recently used)")
         finally:
@@ -188,6 +192,10 @@ class Download:
         self.sha256: Optional[str] = None  # set once committed
         self.error: Optional[UpstreamError] = None
         self.finished = False
+        # False while reading from a storage backend: those bytes reach clients only
+        # once verified, so a bad copy can still be replaced by the upstream's.
+        self.exposed = False
+        self.source = "upstream"
         # True once the upstream answered with headers (or the download failed).
         self.responded = False
         self._waiters: List["defer.Deferred[None]"] = []
@@ -200,6 +208,8 @@ class Download:
         """How many bytes a client may be sent now: all but the last until verified."""
         if self.ok:
             return self.written
+        if not self.exposed:
+            return 0
         return max(0, self.written - 1)
 
     def wait(self, clock: Any = None, timeout: Optional[float] = None) -> "defer.Deferred[None]":
@@ -235,9 +245,17 @@ class FileService:
         run_background: `ModuleApi.run_as_background_process`.
     """
 
-    def __init__(self, cache: LocalCache, store: Store, upstream: UpstreamClient, run_background: Any):
+    def __init__(
+        self,
+        cache: LocalCache,
+        store: Store,
+        upstream: UpstreamClient,
+        run_background: Any,
+        backends: Optional[Backends] = None,
+    ):
         self._cache = cache
         self._store = store
+        self._backends = backends
         self._upstream = upstream
         self._run_background = run_background
         self._downloads: Dict[tuple, Download] = {}
@@ -282,56 +300,108 @@ class FileService:
 
     async def _fetch(self, dl: Download) -> None:
         wanted = dl.wanted
-        hasher = hashlib.sha256()
-        fd = os.open(dl.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(dl.partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            response = await self._upstream.open_file(wanted.url)
-            lengths = response.headers.getRawHeaders("content-length") or []
-            if lengths and lengths[0].isdigit():
-                length = int(lengths[0])
-                if wanted.size is not None and wanted.size != length:
-                    raise ChecksumError(
-                        wanted.url,
-                        f"{wanted.filename}: size mismatch, upstream sends {length} bytes, index says {wanted.size}",
-                    )
-                dl.length = length
-            dl.responded = True
-            dl._notify()
-
-            def on_data(data: bytes) -> None:
-                hasher.update(data)
-                os.write(fd, data)
-                dl.written += len(data)
-                dl._notify()
-
-            await self._upstream.read_body(wanted.url, response, on_data)
+            got = None
+            if wanted.sha256 and self._backends is not None:
+                got = await self._from_backends(dl, fd)
+            if got is None:
+                got = await self._from_upstream(dl, fd)
             os.close(fd)
             fd = -1
-            got = hasher.hexdigest()
-            if dl.length is not None and dl.written != dl.length:
-                raise ChecksumError(
-                    wanted.url, f"{wanted.filename}: got {dl.written} bytes, expected {dl.length}"
-                )
-            if wanted.sha256 and got != wanted.sha256:
-                logger.error(
-                    "%s: sha256 mismatch, got %s, expected %s; not caching", wanted.filename, got, wanted.sha256
-                )
-                raise ChecksumError(
-                    wanted.url, f"{wanted.filename}: sha256 mismatch, got {got}, expected {wanted.sha256}"
-                )
             await self._cache.commit(dl.partial, wanted, got, dl.written)
             dl.sha256 = got
             dl.finished = True
             dl._notify()
+            if self._backends is not None:
+                await self._backends.committed(got)
         except UpstreamError as e:
-            logger.warning("download of %s failed: %s", wanted.url, e)
+            logger.warning("download of %s failed: %s", wanted.url or wanted.filename, e)
             self._fail(dl, e)
         except Exception as e:
-            logger.exception("download of %s failed", wanted.url)
+            logger.exception("download of %s failed", wanted.url or wanted.filename)
             self._fail(dl, UpstreamBadResponse(wanted.url, f"internal error: {e.__class__.__name__}"))
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    async def _from_backends(self, dl: Download, fd: int) -> Optional[str]:
+        """Try each storage backend that has a reference; the sha256 of a verified
+        copy, or None (after logging why) to fall through to the upstream."""
+        wanted = dl.wanted
+        assert wanted.sha256 is not None and self._backends is not None
+        refs = await self._store.refs_for(wanted.sha256)
+        for backend, reference in self._backends.readers_for(refs):
+            hasher = hashlib.sha256()
+            os.ftruncate(fd, 0)
+            dl.written = 0
+
+            def on_data(data: bytes) -> None:
+                hasher.update(data)
+                os.pwrite(fd, data, dl.written)
+                dl.written += len(data)
+
+            try:
+                await backend.fetch(wanted.sha256, reference, on_data)
+            except StorageError as e:
+                logger.warning("%s: %s could not give %s: %s", wanted.filename, backend.describe(), reference, e)
+                continue
+            got = hasher.hexdigest()
+            if got != wanted.sha256 or (wanted.size is not None and dl.written != wanted.size):
+                logger.error(
+                    "%s: content of %s from %s rejected: sha256 %s (%d bytes), expected %s; trying the next source",
+                    wanted.filename,
+                    reference,
+                    backend.describe(),
+                    got,
+                    dl.written,
+                    wanted.sha256,
+                )
+                continue
+            logger.info("%s: fetched from %s as %s (%d bytes)", wanted.filename, backend.describe(), reference, dl.written)
+            dl.source = backend.describe()
+            return got
+        os.ftruncate(fd, 0)
+        dl.written = 0
+        return None
+
+    async def _from_upstream(self, dl: Download, fd: int) -> str:
+        wanted = dl.wanted
+        if not wanted.url:
+            raise UpstreamUnreachable(
+                wanted.filename, "no upstream URL is known for this file and no storage backend could give it"
+            )
+        hasher = hashlib.sha256()
+        response = await self._upstream.open_file(wanted.url)
+        lengths = response.headers.getRawHeaders("content-length") or []
+        if lengths and lengths[0].isdigit():
+            length = int(lengths[0])
+            if wanted.size is not None and wanted.size != length:
+                raise ChecksumError(
+                    wanted.url,
+                    f"{wanted.filename}: size mismatch, upstream sends {length} bytes, index says {wanted.size}",
+                )
+            dl.length = length
+        dl.exposed = True
+        dl.responded = True
+        dl._notify()
+
+        def on_data(data: bytes) -> None:
+            hasher.update(data)
+            os.write(fd, data)
+            dl.written += len(data)
+            dl._notify()
+
+        await self._upstream.read_body(wanted.url, response, on_data)
+        got = hasher.hexdigest()
+        if dl.length is not None and dl.written != dl.length:
+            raise ChecksumError(wanted.url, f"{wanted.filename}: got {dl.written} bytes, expected {dl.length}")
+        if wanted.sha256 and got != wanted.sha256:
+            logger.error("%s: sha256 mismatch, got %s, expected %s; not caching", wanted.filename, got, wanted.sha256)
+            raise ChecksumError(
+                wanted.url, f"{wanted.filename}: sha256 mismatch, got {got}, expected {wanted.sha256}"
+            )
+        return got
 
     def _fail(self, dl: Download, err: UpstreamError) -> None:
         dl.error = err

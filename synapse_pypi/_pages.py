@@ -31,6 +31,17 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 ROOT = ""  # the project key of the root /simple/ page
 MEMORY_PAGES = 2048
+# Pages larger than this are parsed in a thread.
+THREAD_PARSE_BYTES = 256 * 1024
+
+
+def _parse(key: str, response: Any) -> Tuple[Any, str]:
+    """(parsed page, storage text) of an upstream response; pure CPU work."""
+    if key == ROOT:
+        names = tuple(sorted(set(index.parse_root(response.body, response.content_type))))
+        return names, json.dumps(list(names))
+    page = index.parse_project(response.body, response.content_type, response.url, NormalizedName(key))
+    return page, index.page_to_json(page)
 
 
 class SingleFlight:
@@ -86,6 +97,8 @@ class PageService:
         ttl_ms: how long a page is served before it is revalidated.
         yieldable: `make_deferred_yieldable`.
         clock: milliseconds since the epoch.
+        fallback: builds a page without the upstream (from files known otherwise),
+            used when the upstream cannot be asked and nothing is cached.
     """
 
     def __init__(
@@ -96,7 +109,11 @@ class PageService:
         ttl_ms: int,
         yieldable: Callable[[Any], Any] = lambda d: d,
         clock: Optional[Callable[[], int]] = None,
+        fallback: Optional[Callable[[str], Awaitable[Optional[index.ProjectPage]]]] = None,
+        defer_to_thread: Optional[Callable[..., Awaitable[Any]]] = None,
     ):
+        self._fallback = fallback
+        self._defer_to_thread = defer_to_thread
         self._store = store
         self._upstream = upstream
         self._base = upstream_url
@@ -190,19 +207,22 @@ class PageService:
             self._back_online()
             raise
         except UpstreamError as e:
-            if entry is None:
-                raise
             self._went_offline(e)
+            if entry is None:
+                built = await self._fallback(key) if (self._fallback and key != ROOT) else None
+                if built is None:
+                    raise
+                # Not stored: it is rebuilt from what we know until the upstream answers.
+                return _Entry(StoredPage(key, "", None, None, 0), built), True
             return entry, True
         self._back_online()
         try:
-            if key == ROOT:
-                names = index.parse_root(response.body, response.content_type)
-                page: Any = tuple(sorted(set(names)))
-                text = json.dumps(list(page))
+            if self._defer_to_thread is not None and len(response.body) > THREAD_PARSE_BYTES:
+                # A big page (the root list of a large index) takes seconds to parse:
+                # not on the reactor.
+                page, text = await self._defer_to_thread(_parse, key, response)
             else:
-                page = index.parse_project(response.body, response.content_type, response.url, NormalizedName(key))
-                text = index.page_to_json(page)
+                page, text = _parse(key, response)
         except index.MalformedPage as e:
             err = UpstreamBadResponse(url, f"malformed index page ({e})")
             if entry is None:

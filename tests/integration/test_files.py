@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
+from harness.dists import build_wheel, project_dir, sha256_file
 from harness.upstream import http_request
 
 pytestmark = pytest.mark.synapse
@@ -201,6 +201,7 @@ def test_leftover_partials_swept_at_startup(synapse_factory, upstream_factory, d
     partial_dir = hs.data_directory / "cache" / "partial"
     leftover = partial_dir / "deadbeef.partial"
     hs.stop()
+    partial_dir.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"half a wheel")
     hs.start()
     _poll(lambda: not leftover.exists())

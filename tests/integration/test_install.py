@@ -9,7 +9,7 @@ import pytest
 from harness.clients import describe, installed_version, make_venv, pip_install, uv_install
 from harness.dists import build_sdist, build_wheel, project_dir, read_wheel_metadata
 
-from conftest import populate, require_backend  # tests/integration/conftest.py
+from harness.mirror import populate, require_backend
 
 pytestmark = pytest.mark.synapse
 

@@ -22,7 +22,7 @@ from typing import Iterator, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kubo_process import KuboNodeProcess  # noqa: E402
+from harness.kubo import KuboNodeProcess  # noqa: E402
 
 MB = 1024 * 1024
 

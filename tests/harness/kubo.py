@@ -100,12 +100,14 @@ class KuboNodeProcess:
         self.work.mkdir(parents=True, exist_ok=True)
         self._starts += 1
         port_file = self.work / ("ports-%d.json" % self._starts)
+        # A restart comes back on the same ports, as a restarted daemon would.
         cmd = [
             sys.executable, str(NODE_SCRIPT), "--repo", str(self.repo),
-            "--api-port", "0", "--swarm-port", "0", "--port-file", str(port_file),
+            "--api-port", str(self.info.get("api") or 0),
+            "--swarm-port", str(self.info.get("swarm") or 0), "--port-file", str(port_file),
         ]
         if self.gateway:
-            cmd += ["--gateway-port", "0"]
+            cmd += ["--gateway-port", str(self.info.get("gateway") or 0)]
         cmd += self.extra_args
         log = open(self.log_path, "ab")
         try:

@@ -1,0 +1,109 @@
+"""The admin API under `/_synapse/pypi/`: server admins only (401 without a token,
+403 for a user who is not a server admin).
+
+    GET  /_synapse/pypi/v1/files/<sha256>   what this server holds of a file: local cache,
+                                            references (CIDs), backends and pending adds
+    POST /_synapse/pypi/v1/known_files      teach a file by digest and CID, for mirrors
+                                            that cannot ask the upstream
+"""
+
+import logging
+import re
+from typing import Any, Dict, Optional, Tuple
+
+from synapse.module_api import DirectServeJsonResource, ModuleApi
+from synapse.module_api.errors import SynapseError
+
+from synapse_pypi._backends import Backends
+from synapse_pypi._files import LocalCache
+from synapse_pypi._names import InvalidName, is_safe_filename, normalize
+from synapse_pypi._store import Store
+
+logger = logging.getLogger(__name__)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_FIELD = 1024
+
+
+def _bad(msg: str) -> SynapseError:
+    return SynapseError(400, msg, "M_INVALID_PARAM")
+
+
+class AdminResource(DirectServeJsonResource):
+    """Registered at `/_synapse/pypi`; routes on the rest of the path."""
+
+    isLeaf = True
+
+    def __init__(self, api: ModuleApi, store: Store, cache: LocalCache, backends: Optional[Backends]):
+        super().__init__()
+        self._api = api
+        self._store = store
+        self._cache = cache
+        self._backends = backends
+
+    async def _require_admin(self, request: Any) -> str:
+        requester = await self._api.get_user_by_req(request)  # 401 without a valid token
+        user_id = requester.user.to_string()
+        if not await self._api.is_user_admin(user_id):
+            raise SynapseError(403, "You are not a server admin", "M_FORBIDDEN")
+        return user_id
+
+    def _path(self, request: Any) -> Tuple[str, ...]:
+        return tuple(p.decode("utf-8", "replace") for p in request.postpath if p)
+
+    async def _async_render_GET(self, request: Any) -> Tuple[int, Dict[str, Any]]:
+        await self._require_admin(request)
+        path = self._path(request)
+        if len(path) == 3 and path[:2] == ("v1", "files"):
+            return 200, await self._file_status(path[2])
+        raise SynapseError(404, "Unknown admin endpoint", "M_UNRECOGNIZED")
+
+    async def _async_render_POST(self, request: Any) -> Tuple[int, Dict[str, Any]]:
+        user_id = await self._require_admin(request)
+        path = self._path(request)
+        if path == ("v1", "known_files"):
+            from synapse.module_api import parse_json_object_from_request
+
+            body = parse_json_object_from_request(request)
+            return 200, await self._teach(body, user_id)
+        raise SynapseError(404, "Unknown admin endpoint", "M_UNRECOGNIZED")
+
+    async def _file_status(self, sha256: str) -> Dict[str, Any]:
+        if not SHA256_RE.match(sha256):
+            raise _bad("expected a lower-case hex sha256")
+        stored = await self._store.stored_in(sha256)
+        return {
+            "sha256": sha256,
+            "cached": self._cache.has(sha256),
+            "size": self._cache.size_of(sha256),
+            "references": await self._store.refs_for(sha256),
+            "stored": {name: {"reference": ref, "stored_at": ts} for name, (ref, ts) in stored.items()},
+            "pending": bool(self._backends and self._backends.has_pending(sha256)),
+        }
+
+    async def _teach(self, body: Dict[str, Any], user_id: str) -> Dict[str, Any]:
+        try:
+            project = normalize(str(body.get("project", "")))
+        except InvalidName as e:
+            raise _bad(f"project: {e}")
+        filename = body.get("filename")
+        if not isinstance(filename, str) or not is_safe_filename(filename):
+            raise _bad("filename: missing or not a safe file name")
+        sha256 = body.get("sha256")
+        if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
+            raise _bad("sha256: expected a lower-case hex sha256")
+        size = body.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise _bad("size: expected a non-negative integer")
+        requires_python = body.get("requires_python")
+        if requires_python is not None and (not isinstance(requires_python, str) or len(requires_python) > MAX_FIELD):
+            raise _bad("requires_python: expected a string")
+        cid = body.get("cid")
+        if cid is not None and (not isinstance(cid, str) or not cid or len(cid) > MAX_FIELD or "/" in cid):
+            raise _bad("cid: expected a CID string")
+        source = f"admin {user_id}"
+        await self._store.add_known(project, filename, sha256, size, requires_python, source)
+        if cid:
+            await self._store.add_ref(sha256, "cid", cid, source)
+        logger.info("admin %s taught %s/%s sha256 %s cid %s", user_id, project, filename, sha256, cid)
+        return {"project": project, "filename": filename, "sha256": sha256, "cid": cid}
