@@ -949,6 +949,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Answers go out in several small writes; with Nagle on, each call on a keep-alive
+    # connection waited ~40 ms for the client's delayed ACK. Kubo's Go server has it off.
+    disable_nagle_algorithm = True
     server_version = "kubo-node"
 
     def version_string(self) -> str:
