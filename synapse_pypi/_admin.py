@@ -1,10 +1,18 @@
 """The admin API under `/_synapse/pypi/`: server admins only (401 without a token,
 403 for a user who is not a server admin).
 
-    GET  /_synapse/pypi/v1/files/<sha256>   what this server holds of a file: local cache,
-                                            references (CIDs), backends and pending adds
-    POST /_synapse/pypi/v1/known_files      teach a file by digest and CID, for mirrors
-                                            that cannot ask the upstream
+    GET    /_synapse/pypi/v1/projects                      projects with a cached page or a room
+    GET    /_synapse/pypi/v1/projects/<p>/files/<file>     a file's attestations, the verdict on
+                                                           each, and the serve decision
+    POST   /_synapse/pypi/v1/projects/<p>/reverify         read the room again, revalidate the page
+                                                           with the upstream, check every file
+    DELETE /_synapse/pypi/v1/projects/<p>/files/<file>     purge a file from the local cache
+    DELETE /_synapse/pypi/v1/projects/<p>/page             purge the cached index page
+    GET    /_synapse/pypi/v1/projects/<p>/flagged          attestations flagged as fraud or invalid
+    GET    /_synapse/pypi/v1/files/<sha256>                what this server holds of a blob: local
+                                                           cache, references (CIDs), backends
+    POST   /_synapse/pypi/v1/known_files                   teach a file by digest and CID, for
+                                                           mirrors that cannot ask the upstream
 """
 
 import logging
@@ -34,12 +42,24 @@ class AdminResource(DirectServeJsonResource):
 
     isLeaf = True
 
-    def __init__(self, api: ModuleApi, store: Store, cache: LocalCache, backends: Optional[Backends]):
+    def __init__(
+        self,
+        api: ModuleApi,
+        store: Store,
+        cache: LocalCache,
+        backends: Optional[Backends],
+        trust: Any = None,
+        pages: Any = None,
+        files: Any = None,
+    ):
         super().__init__()
         self._api = api
         self._store = store
         self._cache = cache
         self._backends = backends
+        self._trust = trust
+        self._pages = pages
+        self._files = files
 
     async def _require_admin(self, request: Any) -> str:
         requester = await self._api.get_user_by_req(request)  # 401 without a valid token
@@ -56,11 +76,106 @@ class AdminResource(DirectServeJsonResource):
         path = self._path(request)
         if len(path) == 3 and path[:2] == ("v1", "files"):
             return 200, await self._file_status(path[2])
+        if path == ("v1", "projects"):
+            return 200, await self._projects()
+        if len(path) == 5 and path[:2] == ("v1", "projects") and path[3] == "files":
+            return 200, await self._attestations(self._project(path[2]), path[4])
+        if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "flagged":
+            project = self._project(path[2])
+            return 200, {
+                "project": project,
+                "flagged": await self._store.flagged(project),
+                "fraud_count": self._trust.fraud_count if self._trust else 0,
+                "reported_count": self._trust.reported_count if self._trust else 0,
+            }
         raise SynapseError(404, "Unknown admin endpoint", "M_UNRECOGNIZED")
+
+    async def _async_render_DELETE(self, request: Any) -> Tuple[int, Dict[str, Any]]:
+        user_id = await self._require_admin(request)
+        path = self._path(request)
+        if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "page":
+            project = self._project(path[2])
+            existed = await self._pages.forget(project)
+            logger.info("admin %s purged the cached page of %s", user_id, project)
+            return 200, {"project": project, "purged": existed}
+        if len(path) == 5 and path[:2] == ("v1", "projects") and path[3] == "files":
+            project, filename = self._project(path[2]), path[4]
+            if not is_safe_filename(filename):
+                raise _bad("invalid file name")
+            sha256 = await self._store.forget_file(project, filename)
+            purged = False
+            if sha256 is not None:
+                if self._cache.in_use(sha256):
+                    raise SynapseError(409, "the file is being served right now; try again", "M_UNKNOWN")
+                await self._cache.remove(sha256, reason=f"purged by {user_id}")
+                purged = True
+            logger.info("admin %s purged %s/%s (%s)", user_id, project, filename, sha256)
+            return 200, {"project": project, "filename": filename, "purged": purged, "sha256": sha256}
+        raise SynapseError(404, "Unknown admin endpoint", "M_UNRECOGNIZED")
+
+    @staticmethod
+    def _project(raw: str) -> str:
+        try:
+            return normalize(raw)
+        except InvalidName as e:
+            raise _bad(f"project: {e}")
+
+    async def _projects(self) -> Dict[str, Any]:
+        names = set(await self._store.list_projects())
+        if self._trust is not None:
+            names |= set(self._trust.known_rooms)
+        out = []
+        for name in sorted(names):
+            room = self._trust.known_rooms.get(name) if self._trust else None
+            out.append(
+                {
+                    "name": name,
+                    "room_id": room.room_id if room else None,
+                    "alias": self._trust.alias_for(name) if self._trust else None,
+                }
+            )
+        return {"projects": out}
+
+    async def _attestations(self, project: str, filename: str) -> Dict[str, Any]:
+        if self._trust is None:
+            raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
+        page, fresh = await self._pages.cached_with_freshness(project)
+        dist = page.file(filename) if page is not None else None
+        upstream_sha = dist.hashes.get("sha256") if dist is not None and dist.url else None
+        room = await self._trust.view(project)
+        status = self._trust.status(room, filename, upstream_sha, fresh)
+        status.update({"project": project, "filename": filename, "upstream_sha256": upstream_sha})
+        return status
+
+    async def _reverify(self, project: str) -> Dict[str, Any]:
+        if self._trust is None:
+            raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
+        room = await self._trust.reload(project)
+        self._pages.expire(project)
+        try:
+            view = await self._pages.project(project)
+        except Exception as e:
+            raise SynapseError(502, f"the upstream page could not be had: {e}", "M_UNKNOWN")
+        checked = []
+        for dist in view.page.files:
+            decision = self._trust.decide(room, dist.filename, dist.hashes.get("sha256"), not view.offline)
+            self._trust.handle_decision(project, room, dist.filename, decision)
+            checked.append(
+                {
+                    "filename": dist.filename,
+                    "outcome": decision.outcome.name.lower(),
+                    "sha256": decision.sha256,
+                    "fraud": [list(f) for f in decision.fraud],
+                    "invalid": [r.event_id for r in self._trust.invalid_records(room, dist.filename)],
+                }
+            )
+        return {"project": project, "room_id": room.room_id if room else None, "files": checked}
 
     async def _async_render_POST(self, request: Any) -> Tuple[int, Dict[str, Any]]:
         user_id = await self._require_admin(request)
         path = self._path(request)
+        if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "reverify":
+            return 200, await self._reverify(self._project(path[2]))
         if path == ("v1", "known_files"):
             from synapse.module_api import parse_json_object_from_request
 

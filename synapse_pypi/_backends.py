@@ -54,6 +54,8 @@ class Backends:
         self._draining = False
         self._drain_again = False
         self.stored_count = 0
+        # Called with (sha256, reference kind, reference) after a backend stored a blob.
+        self.on_stored: Optional[Callable[[str, str, str], Any]] = None
 
     @property
     def writable(self) -> List[Tuple[str, StorageBackend]]:
@@ -80,8 +82,10 @@ class Backends:
             self.kick()
 
     async def committed(self, sha256: str) -> None:
-        """Queue a freshly committed blob for every writable backend, and get going."""
-        names = [name for name, _ in self.writable]
+        """Queue a freshly committed blob for every writable backend that does not hold
+        it already (a copy just fetched back from IPFS is not added again)."""
+        held = await self._store.stored_in(sha256)
+        names = [name for name, _ in self.writable if name not in held]
         if not names:
             return
         await self._store.queue_stores(sha256, names, self._now())
@@ -137,6 +141,10 @@ class Backends:
             await self._store.record_stored(sha256, name, backend.reference_kind, reference, self._now())
             self.stored_count += 1
             logger.info("stored %s in %s as %s", sha256, backend.describe(), reference)
+            if self.on_stored is not None:
+                self._run_background(
+                    "synapse_pypi_on_stored", self.on_stored, sha256, backend.reference_kind, reference
+                )
             self._done(sha256, name)
 
     def _done(self, sha256: str, backend: str) -> None:

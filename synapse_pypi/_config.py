@@ -49,10 +49,30 @@ class PyPIConfig:
     storage_providers: Tuple[StorageProviderConfig, ...] = ()
     # How often pending IPFS adds are retried while a storage backend is down.
     storage_retry_ms: int = 5000
+    # The trust layer (package rooms and attestations).
+    bot_localpart: str = "pypi-bot"
+    room_alias_prefix: str = "pypi-"
+    moderators: Tuple[str, ...] = ()
+    publishers: Tuple[str, ...] = ()
+    moderator_power_level: int = 50
+    attestation_power_level: int = 60
+    trusted_key_power_level: int = 60
+    # mxid -> ("ed25519:<id> <base64>", ...)
+    trusted_keys: Mapping[str, Tuple[str, ...]] = attrs.field(factory=dict)
+    signing_key_path: str = ""
 
 
 KNOWN_KEYS = frozenset(
     {
+        "bot_localpart",
+        "room_alias_prefix",
+        "moderators",
+        "publishers",
+        "moderator_power_level",
+        "attestation_power_level",
+        "trusted_key_power_level",
+        "trusted_keys",
+        "signing_key_path",
         "storage_providers",
         "storage_retry_interval",
         "data_directory",
@@ -211,7 +231,91 @@ def parse_config(config: Any) -> PyPIConfig:
         if kwargs["storage_retry_ms"] <= 0:
             raise ConfigError("'storage_retry_interval' must be greater than zero", path=("storage_retry_interval",))
 
+    kwargs.update(_parse_trust(config))
+    kwargs.setdefault("signing_key_path", os.path.join(data_directory, "attestation_signing.key"))
     return PyPIConfig(data_directory=data_directory, upstream_url=upstream_url, **kwargs)
+
+
+_LOCALPART_RE = re.compile(r"^[a-z0-9._=/+-]{1,64}$")
+_PREFIX_RE = re.compile(r"^[a-z0-9._=-]{0,32}$")
+_MXID_RE = re.compile(r"^@[^:\s]{1,255}:[^\s]{1,255}$")
+
+
+def _user_list(config: Mapping[str, Any], key: str) -> Tuple[str, ...]:
+    value = config.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(u, str) and _MXID_RE.match(u) for u in value):
+        raise ConfigError(f"'{key}' must be a list of Matrix user ids like '@alice:example.org'", path=(key,))
+    return tuple(value)
+
+
+def _power(config: Mapping[str, Any], key: str) -> Optional[int]:
+    if key not in config:
+        return None
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ConfigError(f"'{key}' must be a power level from 0 to 100", path=(key,))
+    return value
+
+
+def _parse_trust(config: Mapping[str, Any]) -> dict:
+    """The trust-layer options; see docs/configuration.md."""
+    from synapse_pypi.trust import KeyFormatError, parse_public_key  # noqa: PLC0415 - pure, but heavy
+
+    out: dict = {}
+    if "bot_localpart" in config:
+        value = config["bot_localpart"]
+        if not isinstance(value, str) or not _LOCALPART_RE.match(value):
+            raise ConfigError(
+                "'bot_localpart' must be a Matrix user localpart (lower-case letters, digits, ._=/+-)",
+                path=("bot_localpart",),
+            )
+        out["bot_localpart"] = value
+    if "room_alias_prefix" in config:
+        value = config["room_alias_prefix"]
+        if not isinstance(value, str) or not _PREFIX_RE.match(value):
+            raise ConfigError(
+                "'room_alias_prefix' must be up to 32 lower-case letters, digits or ._=-", path=("room_alias_prefix",)
+            )
+        out["room_alias_prefix"] = value
+    for key in ("moderators", "publishers"):
+        if key in config:
+            out[key] = _user_list(config, key)
+    for key, field in (
+        ("moderator_power_level", "moderator_power_level"),
+        ("attestation_power_level", "attestation_power_level"),
+        ("trusted_key_power_level", "trusted_key_power_level"),
+    ):
+        level = _power(config, key)
+        if level is not None:
+            out[field] = level
+    if "trusted_keys" in config:
+        value = config["trusted_keys"]
+        if not isinstance(value, dict):
+            raise ConfigError(
+                "'trusted_keys' must map Matrix user ids to lists of keys ('ed25519:<id> <base64>')",
+                path=("trusted_keys",),
+            )
+        keys: dict = {}
+        for user, entries in value.items():
+            if not isinstance(user, str) or not _MXID_RE.match(user):
+                raise ConfigError(f"'trusted_keys': {user!r} is not a Matrix user id", path=("trusted_keys",))
+            if isinstance(entries, str):
+                entries = [entries]
+            if not isinstance(entries, list) or not entries:
+                raise ConfigError(f"'trusted_keys.{user}' must be a list of keys", path=("trusted_keys", user))
+            for entry in entries:
+                try:
+                    parse_public_key(entry if isinstance(entry, str) else "")
+                except KeyFormatError as e:
+                    raise ConfigError(f"'trusted_keys.{user}': {e}", path=("trusted_keys", user))
+            keys[user] = tuple(entries)
+        out["trusted_keys"] = keys
+    if "signing_key_path" in config:
+        value = config["signing_key_path"]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError("'signing_key_path' must be a file path", path=("signing_key_path",))
+        out["signing_key_path"] = os.path.abspath(value)
+    return out
 
 
 def parse_storage_providers(value: Any) -> Tuple[StorageProviderConfig, ...]:

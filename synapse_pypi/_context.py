@@ -6,7 +6,11 @@ Rule of thumb (Synapse docs/log_contexts.md): await foreign Deferreds through
 """
 
 import contextlib
-from typing import Any, List
+from typing import Any, Awaitable, Callable, Dict, List, TypeVar
+
+from twisted.internet import defer
+
+T = TypeVar("T")
 
 try:
     from synapse.logging.context import PreserveLoggingContext, make_deferred_yieldable
@@ -28,4 +32,34 @@ def fire_all(waiters: List[Any], result: Any = None) -> None:
                 d.callback(result)
 
 
-__all__ = ["PreserveLoggingContext", "make_deferred_yieldable", "fire_all"]
+
+
+class SingleFlight:
+    """At most one call per key in flight; later callers wait for its result.
+
+    Args:
+        yieldable: wraps a Deferred so awaiting it keeps Synapse's log contexts right.
+    """
+
+    def __init__(self, yieldable: Callable[[Any], Any] = make_deferred_yieldable):
+        self._waiting: Dict[Any, List["defer.Deferred[Any]"]] = {}
+        self._yieldable = yieldable
+
+    async def run(self, key: Any, fn: Callable[[], Awaitable[T]]) -> T:
+        if key in self._waiting:
+            d: "defer.Deferred[T]" = defer.Deferred()
+            self._waiting[key].append(d)
+            return await self._yieldable(d)
+        self._waiting[key] = waiters = []
+        try:
+            result = await fn()
+        except BaseException as e:
+            del self._waiting[key]
+            fire_all(waiters, e)
+            raise
+        del self._waiting[key]
+        fire_all(waiters, result)
+        return result
+
+
+__all__ = ["PreserveLoggingContext", "make_deferred_yieldable", "fire_all", "SingleFlight"]

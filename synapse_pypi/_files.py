@@ -256,6 +256,8 @@ class FileService:
         self._cache = cache
         self._store = store
         self._backends = backends
+        # Called (in the background) with (project, filename, sha256, size) after a commit.
+        self.on_committed: Optional[Any] = None
         self._upstream = upstream
         self._run_background = run_background
         self._downloads: Dict[tuple, Download] = {}
@@ -315,6 +317,10 @@ class FileService:
             dl._notify()
             if self._backends is not None:
                 await self._backends.committed(got)
+            if self.on_committed is not None:
+                self._run_background(
+                    "synapse_pypi_on_committed", self.on_committed, wanted.project, wanted.filename, got, dl.written
+                )
         except UpstreamError as e:
             logger.warning("download of %s failed: %s", wanted.url or wanted.filename, e)
             self._fail(dl, e)

@@ -15,7 +15,7 @@ import attrs
 from twisted.internet import defer
 
 from synapse_pypi import index
-from synapse_pypi._context import fire_all
+from synapse_pypi._context import SingleFlight
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._store import Store, StoredPage
 from synapse_pypi._upstream import (
@@ -42,34 +42,6 @@ def _parse(key: str, response: Any) -> Tuple[Any, str]:
         return names, json.dumps(list(names))
     page = index.parse_project(response.body, response.content_type, response.url, NormalizedName(key))
     return page, index.page_to_json(page)
-
-
-class SingleFlight:
-    """At most one call per key in flight; later callers wait for its result.
-
-    Args:
-        yieldable: wraps a Deferred so awaiting it keeps Synapse's log contexts right.
-    """
-
-    def __init__(self, yieldable: Callable[[Any], Any] = lambda d: d):
-        self._waiting: Dict[Any, List["defer.Deferred[Any]"]] = {}
-        self._yieldable = yieldable
-
-    async def run(self, key: Any, fn: Callable[[], Awaitable[T]]) -> T:
-        if key in self._waiting:
-            d: "defer.Deferred[T]" = defer.Deferred()
-            self._waiting[key].append(d)
-            return await self._yieldable(d)
-        self._waiting[key] = waiters = []
-        try:
-            result = await fn()
-        except BaseException as e:
-            del self._waiting[key]
-            fire_all(waiters, e)
-            raise
-        del self._waiting[key]
-        fire_all(waiters, result)
-        return result
 
 
 @attrs.frozen
@@ -147,6 +119,24 @@ class PageService:
         """The cached page of `name` whatever its age, without asking the upstream."""
         entry = await self._load(name)
         return entry.page if entry else None
+
+    async def cached_with_freshness(self, name: str) -> Tuple[Optional[index.ProjectPage], bool]:
+        """The cached page of `name` and whether it is within its TTL."""
+        entry = await self._load(name)
+        if entry is None:
+            return None, False
+        return entry.page, self._now() - entry.stored.fetched_at < self._ttl
+
+    async def forget(self, name: str) -> bool:
+        """Drop the cached page of `name` (memory and database)."""
+        self._memory.pop(name, None)
+        return await self._store.delete_page(name)
+
+    def expire(self, name: str) -> None:
+        """Make the next request for `name` revalidate with the upstream."""
+        entry = self._memory.get(name)
+        if entry is not None:
+            self._memory[name] = _Entry(attrs.evolve(entry.stored, fetched_at=0), entry.page)
 
     async def _load(self, key: str) -> Optional[_Entry]:
         entry = self._memory.get(key)

@@ -4,6 +4,7 @@ All SQL uses `?` placeholders (Synapse turns them into `%s` on PostgreSQL) and n
 literal `%` or `?` in the text (SYNAPSE-FACTS §4). Times are milliseconds since the epoch.
 """
 
+import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import attrs
@@ -69,6 +70,17 @@ SCHEMA = [
         learned_from TEXT NOT NULL,
         PRIMARY KEY (project, filename)
     )""",
+    # Attestations found wrong (fraud) or invalid, and what was done about them.
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_flagged (
+        event_id TEXT NOT NULL PRIMARY KEY,
+        project TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        publisher TEXT NOT NULL,
+        claimed TEXT NOT NULL,
+        truth TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        flagged_at BIGINT NOT NULL
+    )""",
 ]
 
 
@@ -133,6 +145,13 @@ class Store:
             )
 
         await self._run_db("synapse_pypi_touch_page", txn)
+
+    async def delete_page(self, project: str) -> bool:
+        def txn(t: Any) -> bool:
+            t.execute("DELETE FROM synapse_pypi_pages WHERE project = ?", (project,))
+            return t.rowcount > 0
+
+        return await self._run_db("synapse_pypi_delete_page", txn)
 
     async def list_projects(self) -> List[str]:
         def txn(t: Any) -> List[str]:
@@ -339,3 +358,66 @@ class Store:
             return [(r[0], r[1], None if r[2] is None else int(r[2]), r[3]) for r in t.fetchall()]
 
         return await self._run_db("synapse_pypi_known_files", txn)
+
+    # -- trust -----------------------------------------------------------------------
+
+    async def record_fraud(
+        self, event_id: str, project: str, filename: str, publisher: str, claimed: str, truth: str, kind: str
+    ) -> None:
+        now = int(time.time() * 1000)
+
+        def txn(t: Any) -> None:
+            t.execute(
+                "INSERT INTO synapse_pypi_flagged (event_id, project, filename, publisher, claimed, truth, kind,"
+                " flagged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                (event_id, project, filename, publisher[:512], claimed[:128], truth[:128], kind, now),
+            )
+
+        await self._run_db("synapse_pypi_record_fraud", txn)
+
+    async def flagged(self, project: str) -> List[Dict[str, Any]]:
+        def txn(t: Any) -> List[Dict[str, Any]]:
+            t.execute(
+                "SELECT event_id, filename, publisher, claimed, truth, kind, flagged_at FROM synapse_pypi_flagged"
+                " WHERE project = ? ORDER BY flagged_at",
+                (project,),
+            )
+            cols = ("event_id", "filename", "publisher", "claimed", "truth", "kind", "flagged_at")
+            return [dict(zip(cols, r)) for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_flagged", txn)
+
+    async def add_ref_if_missing(self, sha256: str, kind: str, reference: str, learned_from: str) -> None:
+        def txn(t: Any) -> None:
+            t.execute(
+                "INSERT INTO synapse_pypi_refs (sha256, kind, reference, learned_from) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (sha256, kind) DO NOTHING",
+                (sha256, kind, reference, learned_from[:512]),
+            )
+
+        await self._run_db("synapse_pypi_add_ref_if_missing", txn)
+
+    async def files_for_blob(self, sha256: str) -> List[Tuple[str, str]]:
+        """(project, filename) pairs whose content is this blob."""
+
+        def txn(t: Any) -> List[Tuple[str, str]]:
+            t.execute("SELECT project, filename FROM synapse_pypi_files WHERE sha256 = ?", (sha256,))
+            return [(r[0], r[1]) for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_files_for_blob", txn)
+
+    async def forget_file(self, project: str, filename: str) -> Optional[str]:
+        """Drop a file's mapping; returns its blob's sha256 if no other file uses the blob."""
+
+        def txn(t: Any) -> Optional[str]:
+            t.execute(
+                "SELECT sha256 FROM synapse_pypi_files WHERE project = ? AND filename = ?", (project, filename)
+            )
+            row = t.fetchone()
+            if row is None:
+                return None
+            t.execute("DELETE FROM synapse_pypi_files WHERE project = ? AND filename = ?", (project, filename))
+            t.execute("SELECT COUNT(*) FROM synapse_pypi_files WHERE sha256 = ?", (row[0],))
+            return row[0] if t.fetchone()[0] == 0 else None
+
+        return await self._run_db("synapse_pypi_forget_file", txn)

@@ -24,6 +24,7 @@ from synapse_pypi._names import InvalidName, is_safe_filename, normalize
 from synapse_pypi._negotiate import Format, choose_format
 from synapse_pypi._pages import PageService
 from synapse_pypi._upstream import UpstreamError
+from synapse_pypi.trust import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +102,13 @@ class SimpleResource(Resource):
         run_in_background: Callable[..., Any],
         yieldable: Callable[[Any], Any],
         clock: Any,
+        trust: Any = None,
+        attest: Optional[Callable[[str, str, str, int], None]] = None,
     ):
         super().__init__()
         self._clock = clock
+        self._trust = trust
+        self._attest = attest
         self._pages = pages
         self._files = files
         self._cache = cache
@@ -217,6 +222,9 @@ class SimpleResource(Resource):
     async def _project(self, request: Any, name: str) -> None:
         fmt, content_type = self._negotiate(request)
         view = await self._pages.project(name)
+        if self._trust is not None and name not in self._trust.known_rooms:
+            # The first time a project is cached: its room is made in the background.
+            self._run_in_background(self._ensure_room, name)
         page = await self._servable_page(view.page, view.offline)
         render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
         body = render(page, lambda f: quote(f.filename))
@@ -240,7 +248,14 @@ class SimpleResource(Resource):
     async def _file(self, request: Any, name: str, filename: str) -> None:
         view = await self._pages.project(name)
         wanted = self._wanted(view.page, name, filename)
+        first = False
+        if self._trust is not None and not filename.endswith(METADATA_SUFFIX):
+            wanted, first = await self._apply_policy(name, filename, wanted, online=not view.offline)
         sha256 = self._files.cached_sha256(wanted)
+        if first and sha256 is not None and self._attest is not None:
+            # A cache hit with no valid vouch left (say a moderator redacted ours): the
+            # upstream's hash decided again; vouch for it again.
+            self._attest(name, filename, sha256, self._cache.size_of(sha256) or 0)
         if sha256 is None and wanted.sha256 is None:
             # An index that publishes no hash: we know the file by what we stored.
             sha256 = await self._files.cached_digest_of(name, filename)
@@ -258,6 +273,27 @@ class SimpleResource(Resource):
         if dl.ok and dl.sha256:
             return self._serve_cached(request, dl.sha256, filename)
         self._serve_download(request, dl)
+
+    async def _apply_policy(self, name: str, filename: str, wanted: WantedFile, online: bool) -> tuple:
+        """The serve policy, before every serve (cache hits included): the hash to
+        serve, from the attestations and the upstream; 409 on an undecidable conflict."""
+        room = await self._trust.view(name)
+        if room is None:
+            # First time: make the room in the background; nothing vouches yet.
+            self._run_in_background(self._ensure_room, name)
+        decision = self._trust.decide(room, filename, wanted.sha256, online)
+        self._trust.handle_decision(name, room, filename, decision)
+        if decision.outcome is Outcome.CONFLICT:
+            raise HttpError(http.CONFLICT, decision.reason)
+        if decision.sha256 and decision.sha256 != wanted.sha256:
+            wanted = attrs.evolve(wanted, sha256=decision.sha256)
+        return wanted, decision.outcome is Outcome.FIRST
+
+    async def _ensure_room(self, name: str) -> None:
+        try:
+            await self._trust.ensure_room(name)
+        except Exception:
+            logger.exception("could not create the package room of %s", name)
 
     def _wanted(self, page: index.ProjectPage, name: str, filename: str) -> WantedFile:
         dist = page.file(filename)

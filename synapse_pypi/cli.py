@@ -191,6 +191,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop()
 
 
+def _key_file_from_config(config_path: str) -> str:
+    with open(config_path) as f:
+        config = yaml.safe_load(f)
+    for module in config.get("modules") or []:
+        if module.get("module") == "synapse_pypi.PyPIModule":
+            mc = module.get("config") or {}
+            if mc.get("signing_key_path"):
+                return str(mc["signing_key_path"])
+            return os.path.join(os.path.abspath(mc["data_directory"]), "attestation_signing.key")
+    raise SystemExit(f"{config_path}: no synapse_pypi.PyPIModule in modules")
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from synapse_pypi.trust import KeyFileError, load_key, public_key_string
+
+    path = args.key_file or _key_file_from_config(args.config or os.path.join(args.data_dir, "homeserver.yaml"))
+    try:
+        key = load_key(path)
+    except (OSError, KeyFileError) as e:
+        print(f"synapse-pypi key: cannot read {path}: {e}", file=sys.stderr)
+        return 1
+    print(public_key_string(key))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="synapse-pypi", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +226,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--ipfs-api-port", type=int, default=5001, help="local Kubo RPC port (default: %(default)s)")
     run.add_argument("--no-ipfs", action="store_true", help="run without an IPFS node (local cache only)")
     run.set_defaults(func=cmd_run)
+    key = sub.add_parser("key", help="print this mirror's attestation public key (the form trusted_keys takes)")
+    where = key.add_mutually_exclusive_group()
+    where.add_argument("--key-file", help="the key file (default: from the homeserver config)")
+    where.add_argument("--config", help="homeserver.yaml (default: <data-dir>/homeserver.yaml)")
+    key.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="as for run (default: %(default)s)")
+    key.set_defaults(func=cmd_key)
     sub.add_parser("ipfs-node", help="run a loopback-only Kubo node (see --help of the command)", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ipfs-node"]:

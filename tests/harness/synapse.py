@@ -203,6 +203,11 @@ class SynapseServer:
         cfg["bcrypt_rounds"] = 4
         cfg["rc_message"] = {"per_second": 1000, "burst_count": 1000}
         cfg["rc_registration"] = {"per_second": 1000, "burst_count": 1000}
+        cfg["rc_joins"] = {
+            "local": {"per_second": 1000, "burst_count": 1000},
+            "remote": {"per_second": 1000, "burst_count": 1000},
+        }
+        cfg["rc_joins_per_room"] = {"per_second": 1000, "burst_count": 1000}
         cfg["rc_login"] = {
             "address": {"per_second": 1000, "burst_count": 1000},
             "account": {"per_second": 1000, "burst_count": 1000},

@@ -26,6 +26,7 @@ def test_full_config_parses_to_expected_object():
         upstream_timeout_s=2.0,
         max_page_size=1024**2,
         max_cache_size=3 * 1024**3,
+        signing_key_path="/var/lib/x/attestation_signing.key",
     )
 
 

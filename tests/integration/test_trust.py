@@ -1,0 +1,365 @@
+"""The trust layer against a real Synapse: package rooms, signed attestations, the serve
+policy, fraud, moderators, offline pages, and the admin API. Other users act through the
+real client-server API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+import pytest
+from signedjson.sign import verify_signed_json
+
+from harness.clients import describe, installed_version, make_venv, pip_install
+from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
+from harness.matrix import Client, MatrixError, poll
+from harness.mirror import populate, require_backend
+from harness.synapse import SynapseServer, free_port
+from harness.upstream import UpstreamServer, http_request
+from synapse_pypi.trust import (
+    ATTESTATION_TYPE,
+    KEY_TYPE,
+    build_content,
+    generate_key,
+    parse_public_key,
+    state_key_for,
+    verify_key_base64,
+)
+
+pytestmark = pytest.mark.synapse
+
+
+@attrs.define
+class TrustMirror:
+    hs: SynapseServer
+    upstream: UpstreamServer
+    root: Path
+    admin: Client
+    moderator: Client
+    publisher: Client
+    publisher_key: object
+
+    @property
+    def bot(self) -> str:
+        return f"@pypi-bot:{self.hs.server_name}"
+
+    def alias(self, project: str) -> str:
+        return f"#pypi-{project}:{self.hs.server_name}"
+
+    def room(self, project: str) -> str:
+        """The project's room id, with the admin, moderator and publisher joined (a public room)."""
+        room_id = poll(lambda: _try_room(self.admin, self.alias(project)), what=f"room of {project}")
+        # The alias is bound before the room's join rules are sent: until then a join is
+        # refused ("not invited").
+        poll(lambda: _try_join(self.admin, room_id), what=f"room of {project} joinable")
+        for client in (self.moderator, self.publisher):
+            client.join(room_id)
+        return room_id
+
+    def status(self, project: str, filename: str) -> dict:
+        return self.admin.call("GET", f"/_synapse/pypi/v1/projects/{project}/files/{filename}")
+
+    def verdicts(self, project: str, filename: str) -> dict:
+        return {a["publisher"]: a["verdict"] for a in self.status(project, filename)["attestations"]}
+
+    def get(self, project: str, filename: str) -> tuple:
+        return http_request(f"{self.hs.url}/simple/{project}/{filename}", timeout=60)
+
+    def add_project(self, name: str, payload_size: int = 2000) -> Path:
+        path = build_wheel(project_dir(self.root, name), name, "1.0", payload_size=payload_size)
+        assert http_request(f"{self.hs.url}/simple/{name}/", timeout=60)[0] == 200
+        return path
+
+    def cache_and_attest(self, name: str) -> tuple:
+        """Fetch a new project's file through the mirror; wait for the bot's attestation."""
+        path = self.add_project(name)
+        status, _, body = self.get(name, path.name)
+        assert status == 200 and body == path.read_bytes()
+        room = self.room(name)
+        poll(lambda: self.verdicts(name, path.name).get(self.bot) == "valid", what="bot attestation")
+        return path, room
+
+    def publish(self, room: str, path: Path, *, sha256: str | None = None, key=None, slot: str | None = None,
+                content: object = None, expect: int = 200) -> str:
+        """Publish an attestation as the publisher user."""
+        pub = self.publisher.user_id
+        if content is None:
+            content = build_content(
+                project=path.parent.name, version="1.0", filename=path.name, size=path.stat().st_size,
+                sha256=sha256 or sha256_file(path), cid=None, upstream_url=None, requires_python=None,
+                timestamp=1, publisher=pub, signing_key=key or self.publisher_key,
+            )
+        return self.publisher.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, slot or pub), content,
+                                         expect=expect)
+
+
+def _try_join(client: Client, room_id: str) -> bool:
+    try:
+        client.join(room_id)
+        return True
+    except MatrixError as e:
+        if e.status == 403:
+            return False
+        raise
+
+
+def _try_room(client: Client, alias: str) -> str | None:
+    try:
+        return client.room_id(alias)
+    except MatrixError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def tm(request, tmp_path_factory) -> Iterator[TrustMirror]:
+    kind = str(request.param)
+    require_backend(kind)
+    base = tmp_path_factory.mktemp(f"trust-{kind}")
+    root = base / "dists"
+    populate(root)
+    upstream = UpstreamServer(root, base / "upstream").start()
+    port = free_port()
+    server = f"localhost:{port}"
+    hs = SynapseServer(
+        base / "hs",
+        db=kind,
+        port=port,
+        module_config={
+            "upstream_url": upstream.url,
+            "upstream_timeout": "3s",
+            "moderators": [f"@mod:{server}"],
+            "publishers": [f"@pub:{server}"],
+        },
+    )
+    try:
+        hs.start()
+        admin = Client.register(hs, "admin", admin=True)
+        moderator = Client.register(hs, "mod")
+        publisher = Client.register(hs, "pub")
+        yield TrustMirror(hs, upstream, root, admin, moderator, publisher, generate_key())
+    finally:
+        hs.dispose()
+        upstream.stop()
+
+
+def test_room_per_project_with_power_levels_name_and_key(tm):
+    path, room = tm.cache_and_attest("roomy")
+    state = {(e["type"], e.get("state_key")): e for e in tm.admin.state(room)}
+    name = state[("m.room.name", "")]["content"]["name"]
+    assert name == f"roomy — attestations for files served by {tm.hs.server_name}"
+    assert "roomy" in state[("m.room.topic", "")]["content"]["topic"]
+    pl = state[("m.room.power_levels", "")]["content"]
+    assert pl["users"][tm.moderator.user_id] == 50 and pl["redact"] == 50
+    assert pl["users"][tm.publisher.user_id] == 60
+    assert pl["events"][ATTESTATION_TYPE] == 60 and pl["events"][KEY_TYPE] == 60
+    assert pl.get("users_default", 0) < 60
+    # The module's key is published in the room, and its attestation verifies under it.
+    keys = state[(KEY_TYPE, tm.bot)]["content"]["keys"]
+    (kid, b64), = keys.items()
+    _, verify_key = parse_public_key(f"{kid} {b64}")
+    att = state[(ATTESTATION_TYPE, state_key_for(path.name, tm.bot))]
+    content = att["content"]
+    assert content["hashes"]["sha256"] == sha256_file(path) and content["size"] == path.stat().st_size
+    assert content["filename"] == path.name and content["project"] == "roomy" and content["version"] == "1.0"
+    verify_signed_json(content, tm.bot, verify_key)
+    # The key on disk is the one published (synapse-pypi prints it from the same file).
+    key_file = tm.hs.data_directory / "attestation_signing.key"
+    assert key_file.exists() and oct(key_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_ten_concurrent_first_requests_make_one_room(tm):
+    build_wheel(project_dir(tm.root, "crowd"), "crowd", "1.0")
+    results = []
+
+    def hit():
+        results.append(http_request(f"{tm.hs.url}/simple/crowd/", timeout=60)[0])
+
+    threads = [threading.Thread(target=hit) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 10
+    room = tm.room("crowd")
+    rooms = tm.admin.call("GET", "/_synapse/admin/v1/rooms?search_term=crowd&limit=100")["rooms"]
+    assert [r["room_id"] for r in rooms] == [room]  # exactly one, no orphans
+
+
+def test_wrong_sha256_from_a_trusted_publisher_is_fraud(tm):
+    path, room = tm.cache_and_attest("victim")
+    tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
+                            {"keys": {f"ed25519:{tm.publisher_key.version}": verify_key_base64(tm.publisher_key)}})
+    event_id = tm.publish(room, path, sha256="ab" * 32)
+    # Detected as it arrives: notice naming file, publisher and both hashes; redacted.
+    notice = poll(lambda: [n for n in tm.admin.notices(room) if "Fraudulent" in n], what="fraud notice")[0]
+    assert path.name in notice and tm.publisher.user_id in notice
+    assert "ab" * 32 in notice and sha256_file(path) in notice
+    poll(lambda: tm.verdicts("victim", path.name).get(tm.publisher.user_id) == "redacted", what="redacted")
+    assert tm.admin.state_event(room, ATTESTATION_TYPE, state_key_for(path.name, tm.publisher.user_id)) == {}
+    flagged = tm.admin.call("GET", "/_synapse/pypi/v1/projects/victim/flagged")
+    assert [f["event_id"] for f in flagged["flagged"]] == [event_id] and flagged["fraud_count"] >= 1
+    status, _, body = tm.get("victim", path.name)
+    assert status == 200 and body == path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "case, verdict",
+    [
+        ("bad-signature", "bad_signature"),
+        ("unknown-key", "unknown_key"),
+        ("impersonation", "impersonation"),
+        ("not-an-object", "malformed"),
+        ("missing-fields", "malformed"),
+        ("wrong-types", "malformed"),
+        ("huge-strings", "malformed"),
+    ],
+)
+def test_invalid_attestations_are_reported_and_never_served(tm, case, verdict):
+    name = f"bad-{case}"
+    path, room = tm.cache_and_attest(name)
+    tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
+                            {"keys": {f"ed25519:{tm.publisher_key.version}": verify_key_base64(tm.publisher_key)}})
+    wrong = "cd" * 32
+    slot = None
+    if case == "bad-signature":
+        content = build_content(project=name, version="1.0", filename=path.name, size=1, sha256=wrong, cid=None,
+                                upstream_url=None, requires_python=None, timestamp=1,
+                                publisher=tm.publisher.user_id, signing_key=tm.publisher_key)
+        content["size"] = 2  # changed after signing
+    elif case == "unknown-key":
+        content = build_content(project=name, version="1.0", filename=path.name, size=1, sha256=wrong, cid=None,
+                                upstream_url=None, requires_python=None, timestamp=1,
+                                publisher=tm.publisher.user_id, signing_key=generate_key())
+    elif case == "impersonation":
+        content = build_content(project=name, version="1.0", filename=path.name, size=1, sha256=wrong, cid=None,
+                                upstream_url=None, requires_python=None, timestamp=1,
+                                publisher=tm.publisher.user_id, signing_key=tm.publisher_key)
+        slot = tm.bot
+    elif case == "not-an-object":
+        content = {"schema": [1, 2, 3]}
+    elif case == "missing-fields":
+        content = {"schema": 1, "filename": path.name}
+    elif case == "wrong-types":
+        content = {"schema": 1, "project": name, "version": 1, "filename": path.name, "size": "big",
+                   "hashes": {"sha256": 5}, "timestamp": "now", "publisher": tm.publisher.user_id, "signatures": []}
+    else:
+        # As large as Synapse lets an event be (64 KiB), with fields far over their limits.
+        content = {"schema": 1, "project": name, "version": "1.0" * 5000, "filename": path.name, "size": 1,
+                   "hashes": {"sha256": wrong, "other": "y" * 20000}, "timestamp": 1,
+                   "publisher": tm.publisher.user_id, "signatures": {}, "junk": "x" * 20000}
+    tm.publish(room, path, content=content, slot=slot)
+    publisher_slot = slot or tm.publisher.user_id
+    poll(lambda: tm.verdicts(name, path.name).get(publisher_slot) in (verdict, "redacted"), what=verdict)
+    notice = poll(lambda: [n for n in tm.admin.notices(room) if "Invalid attestation" in n], what="report")[0]
+    assert path.name in notice and tm.publisher.user_id in notice
+    # Never wrong bytes; the bot's own vouch still stands (impersonation did not replace it).
+    status, _, body = tm.get(name, path.name)
+    assert status == 200 and body == path.read_bytes()
+    assert tm.verdicts(name, path.name).get(tm.bot) == "valid" or case == "impersonation"
+
+
+def test_moderator_redaction_takes_effect_and_the_next_serve_attests_again(tm):
+    path, room = tm.cache_and_attest("redactme")
+    state = {(e["type"], e.get("state_key")): e for e in tm.admin.state(room)}
+    event_id = state[(ATTESTATION_TYPE, state_key_for(path.name, tm.bot))]["event_id"]
+    tm.moderator.redact(room, event_id, "checking the moderation path")
+    poll(lambda: tm.verdicts("redactme", path.name).get(tm.bot) == "redacted", timeout=1.0,
+         what="redaction seen within a second")
+    # Its only vouch is gone: the next serve goes by the upstream and vouches again.
+    status, _, body = tm.get("redactme", path.name)
+    assert status == 200 and body == path.read_bytes()
+
+    def new_vouch():
+        st = tm.status("redactme", path.name)
+        mine = [a for a in st["attestations"] if a["publisher"] == tm.bot]
+        return mine and mine[0]["verdict"] == "valid" and mine[0]["event_id"] != event_id
+
+    poll(new_vouch, what="attested again")
+
+
+def test_conflict_without_upstream_is_409_naming_publishers(tm, tmp_path):
+    path, room = tm.cache_and_attest("disputed")
+    tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
+                            {"keys": {f"ed25519:{tm.publisher_key.version}": verify_key_base64(tm.publisher_key)}})
+    tm.upstream.stop()
+    try:
+        # Re-verifying without the upstream leaves the page stale: the upstream's word is old.
+        tm.admin.call("POST", "/_synapse/pypi/v1/projects/disputed/reverify", {})
+        tm.publish(room, path, sha256="ef" * 32)
+        poll(lambda: tm.verdicts("disputed", path.name).get(tm.publisher.user_id) == "valid", what="valid claim")
+        status, _, body = tm.get("disputed", path.name)
+        assert status == 409
+        assert tm.bot in body.decode() and tm.publisher.user_id in body.decode()
+    finally:
+        tm.upstream.start()
+    # With the upstream back, it decides: the publisher's claim is fraud and goes.
+    result = tm.admin.call("POST", "/_synapse/pypi/v1/projects/disputed/reverify", {})
+    assert [f["fraud"] for f in result["files"]] == [[[tm.publisher.user_id, "ef" * 32]]]
+    poll(lambda: tm.verdicts("disputed", path.name).get(tm.publisher.user_id) == "redacted", what="redacted")
+    status, _, body = tm.get("disputed", path.name)
+    assert status == 200 and body == path.read_bytes()
+
+
+def test_offline_page_from_the_room_and_install(tm, tmp_path):
+    python = make_venv(tmp_path / "online")
+    result = pip_install(python, tm.hs.index_url, "alpha")
+    assert result.returncode == 0, describe(result)
+    for project, filename in (("alpha", wheel_filename("alpha", "2.0")), ("beta", wheel_filename("beta", "1.0"))):
+        poll(lambda p=project, f=filename: tm.verdicts(p, f).get(tm.bot) == "valid", what=f"{filename} attested")
+    tm.upstream.stop()
+    try:
+        for project in ("alpha", "beta"):
+            tm.admin.call("DELETE", f"/_synapse/pypi/v1/projects/{project}/page")
+        status, _, body = http_request(f"{tm.hs.url}/simple/alpha/",
+                                       headers={"Accept": "application/vnd.pypi.simple.v1+json"}, timeout=60)
+        assert status == 200, body
+        files = {f["filename"]: f for f in json.loads(body)["files"]}
+        alpha = tm.root / "alpha" / wheel_filename("alpha", "2.0")
+        assert files[alpha.name]["hashes"] == {"sha256": sha256_file(alpha)}
+        offline = make_venv(tmp_path / "offline")
+        result = pip_install(offline, tm.hs.index_url, "alpha")
+        assert result.returncode == 0, describe(result)
+        assert installed_version(offline, "alpha") == "2.0" and installed_version(offline, "beta") == "1.0"
+    finally:
+        tm.upstream.start()
+
+
+def test_admin_api_lists_shows_and_purges(tm):
+    path, room = tm.cache_and_attest("adminable")
+    projects = {p["name"]: p for p in tm.admin.call("GET", "/_synapse/pypi/v1/projects")["projects"]}
+    assert projects["adminable"]["room_id"] == room
+    st = tm.status("adminable", path.name)
+    assert st["decision"]["outcome"] == "serve" and st["decision"]["sha256"] == sha256_file(path)
+    result = tm.admin.call("DELETE", f"/_synapse/pypi/v1/projects/adminable/files/{path.name}")
+    assert result["purged"] is True
+    sha = sha256_file(path)
+    assert tm.admin.call("GET", f"/_synapse/pypi/v1/files/{sha}")["cached"] is False
+    before = tm.upstream.hit_count(tm.upstream.file_path("adminable", path.name))
+    status, _, body = tm.get("adminable", path.name)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+    assert tm.upstream.hit_count(tm.upstream.file_path("adminable", path.name)) == before + 1
+    # Ordinary users get 403.
+    with pytest.raises(MatrixError) as e:
+        tm.publisher.call("GET", "/_synapse/pypi/v1/projects")
+    assert e.value.status == 403
+
+
+def test_cli_prints_the_module_public_key(tm):
+    import subprocess
+    import sys
+
+    key_file = tm.hs.data_directory / "attestation_signing.key"
+    assert http_request(f"{tm.hs.url}/simple/alpha/", timeout=60)[0] == 200
+    out = subprocess.run([sys.executable, "-m", "synapse_pypi.cli", "key", "--key-file", str(key_file)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    room = tm.room("alpha")
+    state = {(e["type"], e.get("state_key")): e for e in tm.admin.state(room)}
+    (kid, b64), = state[(KEY_TYPE, tm.bot)]["content"]["keys"].items()
+    assert out.stdout.strip() == f"{kid} {b64}"  # the form trusted_keys takes
