@@ -126,12 +126,13 @@ class AdminResource(DirectServeJsonResource):
             names |= set(self._trust.known_rooms)
         out = []
         for name in sorted(names):
-            room = self._trust.known_rooms.get(name) if self._trust else None
+            pt = self._trust.known_rooms.get(name) if self._trust else None
             out.append(
                 {
                     "name": name,
-                    "room_id": room.room_id if room else None,
+                    "room_id": pt.local.room_id if pt and pt.local else None,
                     "alias": self._trust.alias_for(name) if self._trust else None,
+                    "peer_rooms": {peer: room.room_id for peer, room in pt.peers.items()} if pt else {},
                 }
             )
         return {"projects": out}
@@ -166,10 +167,10 @@ class AdminResource(DirectServeJsonResource):
                     "outcome": decision.outcome.name.lower(),
                     "sha256": decision.sha256,
                     "fraud": [list(f) for f in decision.fraud],
-                    "invalid": [r.event_id for r in self._trust.invalid_records(room, dist.filename)],
+                    "invalid": [r.event_id for _, r in self._trust.invalid_records(room, dist.filename)],
                 }
             )
-        return {"project": project, "room_id": room.room_id if room else None, "files": checked}
+        return {"project": project, "room_id": room.local.room_id if room.local else None, "files": checked}
 
     async def _async_render_POST(self, request: Any) -> Tuple[int, Dict[str, Any]]:
         user_id = await self._require_admin(request)

@@ -60,6 +60,10 @@ class PyPIConfig:
     # mxid -> ("ed25519:<id> <base64>", ...)
     trusted_keys: Mapping[str, Tuple[str, ...]] = attrs.field(factory=dict)
     signing_key_path: str = ""
+    # Federation: other mirrors whose package rooms we join and read.
+    peers: Tuple[str, ...] = ()
+    peer_timeout_s: float = 5.0
+    peer_retry_s: float = 60.0
 
 
 KNOWN_KEYS = frozenset(
@@ -73,6 +77,9 @@ KNOWN_KEYS = frozenset(
         "trusted_key_power_level",
         "trusted_keys",
         "signing_key_path",
+        "peers",
+        "peer_timeout",
+        "peer_retry_interval",
         "storage_providers",
         "storage_retry_interval",
         "data_directory",
@@ -238,6 +245,7 @@ def parse_config(config: Any) -> PyPIConfig:
 
 _LOCALPART_RE = re.compile(r"^[a-z0-9._=/+-]{1,64}$")
 _PREFIX_RE = re.compile(r"^[a-z0-9._=-]{0,32}$")
+_SERVER_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
 _MXID_RE = re.compile(r"^@[^:\s]{1,255}:[^\s]{1,255}$")
 
 
@@ -310,6 +318,20 @@ def _parse_trust(config: Mapping[str, Any]) -> dict:
                     raise ConfigError(f"'trusted_keys.{user}': {e}", path=("trusted_keys", user))
             keys[user] = tuple(entries)
         out["trusted_keys"] = keys
+    if "peers" in config:
+        value = config["peers"]
+        if not isinstance(value, list) or not all(isinstance(p, str) and _SERVER_RE.match(p) for p in value):
+            raise ConfigError(
+                "'peers' must be a list of homeserver names like 'mirror.example.org' or 'localhost:8448'",
+                path=("peers",),
+            )
+        out["peers"] = tuple(dict.fromkeys(value))
+    for key, field in (("peer_timeout", "peer_timeout_s"), ("peer_retry_interval", "peer_retry_s")):
+        if key in config:
+            ms = parse_duration_ms(config[key], key)
+            if ms <= 0:
+                raise ConfigError(f"'{key}' must be greater than zero", path=(key,))
+            out[field] = ms / 1000
     if "signing_key_path" in config:
         value = config["signing_key_path"]
         if not isinstance(value, str) or not value.strip():

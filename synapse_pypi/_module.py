@@ -72,7 +72,9 @@ class PyPIModule:
         )
         # The attestation key is made on first start and kept under the data directory.
         self._signing_key = load_or_create_key(config.signing_key_path)
-        self._trust = TrustService(api, config, self._store, self._signing_key, api.run_as_background_process)
+        self._trust = TrustService(
+            api, config, self._store, self._signing_key, api.run_as_background_process, clock=reactor
+        )
         self._trust.lookup_upstream = self._upstream_hash
         self._trust.on_vouch_lost = self._pages.expire
         self._files.on_committed = self._attest

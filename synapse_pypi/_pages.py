@@ -9,10 +9,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, List, Optional, Tuple, TypeVar
 
 import attrs
-from twisted.internet import defer
 
 from synapse_pypi import index
 from synapse_pypi._context import SingleFlight

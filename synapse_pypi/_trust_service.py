@@ -59,6 +59,9 @@ class Record:
 class RoomView:
     project: str
     room_id: str
+    # Our own room (room-published keys count there) or a peer's (only pinned keys do).
+    local: bool = True
+    alias: str = ""
     # filename -> publisher -> Record
     files: Dict[str, Dict[str, Record]] = attrs.Factory(dict)
     power: Dict[str, int] = attrs.Factory(dict)
@@ -73,6 +76,26 @@ class RoomView:
         return self.power.get(user, self.users_default)
 
 
+@attrs.define
+class ProjectTrust:
+    """Everything we know about one project's attestations: our room and peers' rooms."""
+
+    project: str
+    local: Optional[RoomView] = None
+    peers: Dict[str, RoomView] = attrs.Factory(dict)  # peer server name -> its room
+    peer_misses: Dict[str, float] = attrs.Factory(dict)  # peer -> when we last failed to find it
+
+    @property
+    def rooms(self) -> List[RoomView]:
+        return ([self.local] if self.local else []) + list(self.peers.values())
+
+    def records(self, filename: str) -> List[Tuple[RoomView, Record]]:
+        return [(room, rec) for room in self.rooms for rec in room.files.get(filename, {}).values()]
+
+    def filenames(self) -> List[str]:
+        return sorted({f for room in self.rooms for f in room.files})
+
+
 def version_of(filename: str) -> Optional[str]:
     try:
         if filename.endswith(".whl"):
@@ -83,7 +106,7 @@ def version_of(filename: str) -> Optional[str]:
 
 
 class TrustService:
-    """Package rooms and the serve policy.
+    """Package rooms, peers' rooms and the serve policy.
 
     Args:
         api: the ModuleApi.
@@ -91,20 +114,28 @@ class TrustService:
         store: the module's tables.
         signing_key: this server's attestation key.
         run_background: `api.run_as_background_process`.
+        clock: the reactor (timeouts for peers).
     """
 
-    def __init__(self, api: Any, config: PyPIConfig, store: Store, signing_key: Any, run_background: Callable):
+    def __init__(
+        self,
+        api: Any,
+        config: PyPIConfig,
+        store: Store,
+        signing_key: Any,
+        run_background: Callable,
+        clock: Any = None,
+    ):
         self._api = api
         self._config = config
         self._store = store
         self._key = signing_key
         self._key_id = key_id(signing_key)
         self._run_background = run_background
+        self._clock = clock
         self.bot = f"@{config.bot_localpart}:{api.server_name}"
-        self._views: Dict[str, RoomView] = {}
-        self._room_project: Dict[str, str] = {}
-        self._no_room: Set[str] = set()  # projects whose room we looked for and did not find
-        self._creating: Dict[str, Any] = {}
+        self._projects: Dict[str, ProjectTrust] = {}
+        self._rooms: Dict[str, RoomView] = {}  # room id -> view
         self._handled: Set[str] = set()  # event ids already flagged
         self.fraud_count = 0
         self.reported_count = 0
@@ -126,51 +157,148 @@ class TrustService:
             await self._api.register_user(self._config.bot_localpart, displayname="PyPI mirror bot", admin=False)
             logger.info("registered the package-room bot %s", self.bot)
         logger.info("attestations signed by %s as %s", self.bot, self._key_id)
+        if self._config.peers:
+            logger.info("peers: %s", ", ".join(self._config.peers))
 
     # -- keys ------------------------------------------------------------------------
 
-    def keys_for(self, view: Optional[RoomView], user: str) -> Mapping[str, Any]:
-        """The verify keys we trust for `user`: pinned in config (and our own), plus keys
-        the user published in the room while at or above the configured power level."""
+    def keys_for(self, room: Optional[RoomView], user: str) -> Mapping[str, Any]:
+        """The verify keys we trust for `user`: pinned in config (and our own), plus, in
+        our own rooms only, keys the user published there while at or above the
+        configured power level. A peer's room power is the peer's to give, not ours."""
         keys = dict(self._pinned.get(user, {}))
-        if view is not None and view.level(user) >= self._config.trusted_key_power_level:
-            keys.update(view.room_keys.get(user, {}))
+        if room is not None and room.local and room.level(user) >= self._config.trusted_key_power_level:
+            keys.update(room.room_keys.get(user, {}))
         return keys
 
     # -- views -----------------------------------------------------------------------
 
     @property
-    def known_rooms(self) -> Mapping[str, RoomView]:
-        """Projects whose room view is loaded."""
-        return self._views
+    def known_rooms(self) -> Mapping[str, ProjectTrust]:
+        """Projects whose rooms are loaded."""
+        return self._projects
 
-    def alias_for(self, project: str) -> str:
-        return f"#{self._config.room_alias_prefix}{project}:{self._api.server_name}"
+    def alias_for(self, project: str, server: Optional[str] = None) -> str:
+        return f"#{self._config.room_alias_prefix}{project}:{server or self._api.server_name}"
 
-    async def view(self, project: str) -> Optional[RoomView]:
-        """The view of `project`'s room, read from its state the first time."""
-        view = self._views.get(project)
-        if view is not None:
-            return view
+    async def view(self, project: str) -> ProjectTrust:
+        """What we know of `project`: our room and peers' rooms, read from their state the
+        first time (peers joined over federation, each within `peer_timeout`)."""
+        pt = self._projects.get(project)
+        if pt is not None:
+            self._maybe_retry_peers(pt)
+            return pt
         # One key for loading and creating: a half-made room (its alias is bound before
         # the bot has joined) is never loaded by a concurrent request.
         return await self._flights.run(("room", project), lambda: self._load(project))
 
-    async def _load(self, project: str) -> Optional[RoomView]:
-        if project in self._views:
-            return self._views[project]
+    async def _load(self, project: str) -> ProjectTrust:
+        pt = self._projects.get(project)
+        if pt is not None:
+            return pt
+        pt = ProjectTrust(project)
+        pt.local = await self._load_local(project)
+        if self._config.peers:
+            await self._join_peers(pt, self._config.peers)
+        self._projects[project] = pt
+        return pt
+
+    async def _load_local(self, project: str) -> Optional[RoomView]:
         try:
             room_id, _ = await self._api.lookup_room_alias(self.alias_for(project))
         except Exception as e:
             if getattr(e, "code", None) == 404:
                 return None
             raise
+        return await self._read_room(project, room_id, local=True, alias=self.alias_for(project))
+
+    async def _read_room(self, project: str, room_id: str, local: bool, alias: str) -> RoomView:
         state = await self._api.get_room_state(room_id)
-        view = RoomView(project=project, room_id=room_id)
-        self._rebuild(view, state)
-        self._views[project] = view
-        self._room_project[room_id] = project
-        return view
+        room = RoomView(project=project, room_id=room_id, local=local, alias=alias)
+        self._rebuild(room, state)
+        self._rooms[room_id] = room
+        return room
+
+    # -- peers -----------------------------------------------------------------------
+
+    async def _join_peers(self, pt: ProjectTrust, peers: Tuple[str, ...]) -> None:
+        """Join the peers' rooms for this project, in parallel, each within the timeout."""
+        from twisted.internet import defer
+
+        from synapse_pypi._context import make_deferred_yieldable
+        from synapse.module_api import run_in_background
+
+        calls = [run_in_background(self._join_peer, pt, peer) for peer in peers]
+        await make_deferred_yieldable(defer.gatherResults(calls, consumeErrors=True))
+
+    async def _join_peer(self, pt: ProjectTrust, peer: str) -> None:
+        alias = self.alias_for(pt.project, peer)
+        started = time.monotonic()
+        try:
+            room_id, servers = await self._bounded(self._api.lookup_room_alias(alias))
+            membership = await self._api.get_room_state(room_id, [("m.room.member", self.bot)])
+            member = membership.get(("m.room.member", self.bot))
+            if member is None or dict(member.content).get("membership") != "join":
+                await self._bounded(
+                    self._api.update_room_membership(
+                        sender=self.bot,
+                        target=self.bot,
+                        room_id=room_id,
+                        new_membership="join",
+                        remote_room_hosts=[peer] + [s for s in servers if s != peer],
+                    )
+                )
+            room = await self._read_room(pt.project, room_id, local=False, alias=alias)
+        except Exception as e:
+            pt.peer_misses[peer] = time.monotonic()
+            code = getattr(e, "code", None)
+            if code == 404:
+                logger.info("peer %s has no room for %s", peer, pt.project)
+            else:
+                logger.warning("peer %s: cannot join %s (%s: %s)", peer, alias, e.__class__.__name__, e)
+            return
+        pt.peers[peer] = room
+        pt.peer_misses.pop(peer, None)
+        logger.info(
+            "joined %s's room %s for %s in %.2fs (%d attested files)",
+            peer,
+            room.room_id,
+            pt.project,
+            time.monotonic() - started,
+            len(room.files),
+        )
+
+    async def _bounded(self, awaitable: Any) -> Any:
+        """Await a Synapse call for at most `peer_timeout`: a slow or dead peer must never
+        hold a request for longer."""
+        from twisted.internet import defer
+
+        from synapse.module_api import make_deferred_yieldable, run_in_background
+
+        async def call() -> Any:
+            return await awaitable
+
+        d = run_in_background(call)
+        d.addTimeout(self._config.peer_timeout_s, self._clock or _reactor())
+        try:
+            return await make_deferred_yieldable(d)
+        except defer.TimeoutError:
+            raise TimeoutError(f"no answer within {self._config.peer_timeout_s:g}s")
+
+    def _maybe_retry_peers(self, pt: ProjectTrust) -> None:
+        """Peers we could not reach are tried again, in the background, after a while."""
+        now = time.monotonic()
+        due = tuple(
+            p
+            for p in self._config.peers
+            if p not in pt.peers and now - pt.peer_misses.get(p, 0) > self._config.peer_retry_s
+        )
+        if due:
+            for p in due:
+                pt.peer_misses[p] = now  # one retry in flight per peer
+            self._run_background("synapse_pypi_join_peers", self._join_peers, pt, due)
+
+    # -- reading room state ----------------------------------------------------------
 
     def _rebuild(self, view: RoomView, state: Mapping[Tuple[str, str], Any]) -> None:
         """Read power levels, keys and every attestation from a room's state."""
@@ -252,90 +380,113 @@ class TrustService:
     # -- on_new_event ----------------------------------------------------------------
 
     async def on_new_event(self, event: Any, state: Mapping[Tuple[str, str], Any]) -> None:
-        """Keep views current. Cheap: heavy work goes to the background."""
-        project = self._room_project.get(event.room_id)
-        if project is None:
+        """Keep views current, for our rooms and peers' rooms alike. Cheap (it runs inline
+        for federated events): checks go to the background."""
+        room = self._rooms.get(event.room_id)
+        if room is None:
             return
-        view = self._views[project]
         etype = event.type
         if etype == REDACTION:
             target = event.redacts or dict(event.content).get("redacts")
-            where = view.by_event.get(target)
+            where = room.by_event.get(target)
             if where is not None:
                 filename, publisher = where
-                rec = view.files[filename][publisher]
+                rec = room.files[filename][publisher]
                 was_valid = rec.verdict is Verdict.VALID
                 rec.verdict, rec.reason, rec.sha256 = Verdict.REDACTED, "redacted", None
-                logger.info("attestation %s for %s by %s redacted by %s", target, filename, publisher, event.sender)
+                logger.info(
+                    "attestation %s for %s by %s redacted by %s", target, filename, publisher, event.sender
+                )
                 if was_valid:
-                    self.on_vouch_lost(project)
+                    self.on_vouch_lost(room.project)
             elif target is not None:
                 ev = state.get((KEY_TYPE, _state_key_of(state, target)))
                 if ev is not None:
-                    self._read_keys(view, ev)
-                    self._reverify_all(view)
+                    self._read_keys(room, ev)
+                    self._reverify_all(room)
             return
         if not event.is_state():
             return
         if etype == ATTESTATION_TYPE:
-            rec = self._read_attestation(view, event)
-            self._run_background("synapse_pypi_check_attestation", self._check_new, project, event.get_state_key(), rec)
+            rec = self._read_attestation(room, event)
+            self._run_background("synapse_pypi_check_attestation", self._check_new, room, event.get_state_key(), rec)
         elif etype == KEY_TYPE:
-            self._read_keys(view, event)
-            self._reverify_all(view)
+            self._read_keys(room, event)
+            self._reverify_all(room)
         elif etype == POWER_LEVELS:
-            self._read_power(view, event)
-            self._reverify_all(view)
+            self._read_power(room, event)
+            self._reverify_all(room)
 
-    async def _check_new(self, project: str, state_key: str, rec: Record) -> None:
-        """A new attestation: report it if invalid; if valid, check it against what the
-        cached page says the upstream published."""
-        if self._api.is_mine(rec.sender) and rec.sender == self.bot:
+    async def _check_new(self, room: RoomView, state_key: str, rec: Record) -> None:
+        """A new attestation, checked as it arrives: reported if invalid; if valid, held
+        against what the cached page says the upstream published (with its own claim,
+        even if a redaction overtook this check)."""
+        if rec.sender == self.bot:
             return
-        filename, _ = split_state_key(state_key)
+        try:
+            filename, _ = split_state_key(state_key)
+        except MalformedAttestation:
+            filename = state_key
         if rec.verdict not in (Verdict.VALID, Verdict.REDACTED):
-            await self.report_invalid(project, filename, rec)
+            await self.report_invalid(room, filename, rec)
             return
-        if rec.verdict is Verdict.VALID and self.lookup_upstream is not None:
-            upstream_sha, fresh = await self.lookup_upstream(project, filename)
-            view = self._views.get(project)
-            self.handle_decision(project, view, filename, self.decide(view, filename, upstream_sha, fresh))
+        if rec.verdict is not Verdict.VALID or self.lookup_upstream is None or not rec.sha256:
+            return
+        upstream_sha, fresh = await self.lookup_upstream(room.project, filename)
+        pt = self._projects.get(room.project)
+        claims = self._claims(pt, filename) if pt else {}
+        claims[rec.publisher] = rec.sha256
+        decision = decide(claims, upstream_sha, fresh, {})
+        if any(p == rec.publisher for p, _ in decision.fraud) and rec.event_id not in self._handled:
+            self._handled.add(rec.event_id)
+            await self._flag_fraud(room, filename, rec, rec.sha256, decision.sha256)
 
     # -- the serve policy ------------------------------------------------------------
 
-    def decide(self, view: Optional[RoomView], filename: str, upstream_sha256: Optional[str], online: bool) -> Decision:
+    @staticmethod
+    def _claims(pt: Optional[ProjectTrust], filename: str) -> Dict[str, str]:
+        """publisher -> sha256 of the valid attestations for a file, across rooms. One
+        publisher saying two things in two rooms counts as two claims."""
         claims: Dict[str, str] = {}
-        if view is not None:
-            for publisher, rec in view.files.get(filename, {}).items():
-                if rec.verdict is Verdict.VALID and rec.sha256:
-                    claims[publisher] = rec.sha256
-        return decide(claims, upstream_sha256, online, {})
+        if pt is None:
+            return claims
+        for room, rec in pt.records(filename):
+            if rec.verdict is not Verdict.VALID or not rec.sha256:
+                continue
+            if rec.publisher in claims and claims[rec.publisher] != rec.sha256:
+                claims[f"{rec.publisher} (in {room.alias or room.room_id})"] = rec.sha256
+            else:
+                claims[rec.publisher] = rec.sha256
+        return claims
 
-    def invalid_records(self, view: Optional[RoomView], filename: str) -> List[Record]:
-        if view is None:
+    def decide(
+        self, pt: Optional[ProjectTrust], filename: str, upstream_sha256: Optional[str], online: bool
+    ) -> Decision:
+        return decide(self._claims(pt, filename), upstream_sha256, online, {})
+
+    def invalid_records(self, pt: Optional[ProjectTrust], filename: str) -> List[Tuple[RoomView, Record]]:
+        if pt is None:
             return []
-        return [
-            r for r in view.files.get(filename, {}).values() if r.verdict not in (Verdict.VALID, Verdict.REDACTED)
-        ]
+        return [(room, r) for room, r in pt.records(filename) if r.verdict not in (Verdict.VALID, Verdict.REDACTED)]
 
-    def handle_decision(self, project: str, view: Optional[RoomView], filename: str, decision: Decision) -> None:
+    def handle_decision(self, project: str, pt: Optional[ProjectTrust], filename: str, decision: Decision) -> None:
         """Flag fraud found by a decision, and report invalid attestations, in the background."""
-        if view is None:
+        if pt is None:
             return
-        slots = view.files.get(filename, {})
-        for publisher, claimed in decision.fraud:
-            rec = slots.get(publisher)
-            if rec is not None and rec.event_id not in self._handled:
-                self._handled.add(rec.event_id)
-                self._run_background(
-                    "synapse_pypi_fraud", self._flag_fraud, view, filename, rec, claimed, decision.sha256
-                )
-        for rec in self.invalid_records(view, filename):
+        wrong = {(p.split(" (in ")[0], sha) for p, sha in decision.fraud}
+        for room, rec in pt.records(filename):
+            if (rec.publisher, rec.sha256) in wrong and rec.verdict is Verdict.VALID:
+                if rec.event_id not in self._handled:
+                    self._handled.add(rec.event_id)
+                    self._run_background(
+                        "synapse_pypi_fraud", self._flag_fraud, room, filename, rec, rec.sha256, decision.sha256
+                    )
+        for room, rec in self.invalid_records(pt, filename):
             if rec.event_id not in self._handled:
-                self._run_background("synapse_pypi_report", self.report_invalid, project, filename, rec)
+                self._run_background("synapse_pypi_report", self.report_invalid, room, filename, rec)
 
     async def _flag_fraud(
-        self, view: RoomView, filename: str, rec: Record, claimed: str, truth: Optional[str]
+        self, room: RoomView, filename: str, rec: Record, claimed: Optional[str], truth: Optional[str]
     ) -> None:
         self.fraud_count += 1
         text = (
@@ -343,29 +494,30 @@ class TrustService:
             f"but it is {truth} (the upstream index's hash, checked by {self._api.server_name}). "
             "This attestation is not relied on."
         )
-        redacted = await self._redact(view, rec.event_id, f"fraud: wrong sha256 for {filename}")
-        await self._notice(view, text + (" It has been redacted." if redacted else " Moderators: please redact it."))
-        await self._store.record_fraud(rec.event_id, view.project, filename, rec.publisher, claimed, truth or "", "fraud")
-        logger.warning("fraud: %s", text)
+        redacted = await self._redact(room, rec.event_id, f"fraud: wrong sha256 for {filename}")
+        await self._notice(room, text + (" It has been redacted." if redacted else " Moderators: please redact it."))
+        await self._store.record_fraud(
+            rec.event_id, room.project, filename, rec.publisher, claimed or "", truth or "", "fraud"
+        )
+        logger.warning("fraud in %s: %s", room.room_id, text)
 
-    async def report_invalid(self, project: str, filename: str, rec: Record) -> None:
+    async def report_invalid(self, room: RoomView, filename: str, rec: Record) -> None:
         if rec.event_id in self._handled:
             return
         self._handled.add(rec.event_id)
-        view = self._views.get(project)
-        if view is None:
-            return
         self.reported_count += 1
-        text = f"Invalid attestation for {filename} in the slot of {rec.publisher} (sent by {rec.sender}): {rec.reason}."
+        text = (
+            f"Invalid attestation for {filename} in the slot of {rec.publisher} (sent by {rec.sender}): {rec.reason}."
+        )
         # Unknown keys may be legitimate (a key not yet published): report, do not redact.
         redacted = False
         if rec.verdict is not Verdict.UNKNOWN_KEY:
-            redacted = await self._redact(view, rec.event_id, f"invalid attestation: {rec.reason}")
-        await self._notice(view, text + (" It has been redacted." if redacted else " It is not relied on."))
+            redacted = await self._redact(room, rec.event_id, f"invalid attestation: {rec.reason}")
+        await self._notice(room, text + (" It has been redacted." if redacted else " It is not relied on."))
         await self._store.record_fraud(
-            rec.event_id, project, filename, rec.publisher, rec.sha256 or "", "", rec.verdict.name.lower()
+            rec.event_id, room.project, filename, rec.publisher, rec.sha256 or "", "", rec.verdict.name.lower()
         )
-        logger.warning("invalid attestation: %s", text)
+        logger.warning("invalid attestation in %s: %s", room.room_id, text)
 
     async def _redact(self, view: RoomView, event_id: str, reason: str) -> bool:
         if view.level(self.bot) < 50:
@@ -401,16 +553,16 @@ class TrustService:
     # -- rooms -----------------------------------------------------------------------
 
     async def ensure_room(self, project: str) -> RoomView:
-        """The project's room, created (once, whatever the concurrency) if missing."""
-        view = await self.view(project)
-        while view is None:
-            view = await self._flights.run(("room", project), lambda: self._create(project))
-        return view
+        """Our room for the project, created (once, whatever the concurrency) if missing."""
+        pt = await self.view(project)
+        while pt.local is None:
+            pt = await self._flights.run(("room", project), lambda: self._create(project))
+        return pt.local
 
-    async def _create(self, project: str) -> RoomView:
-        view = await self._load(project)
-        if view is not None:
-            return view
+    async def _create(self, project: str) -> ProjectTrust:
+        pt = await self._load(project)
+        if pt.local is not None:
+            return pt
         levels = self._config
         users = {m: levels.moderator_power_level for m in levels.moderators}
         users.update({p: levels.attestation_power_level for p in levels.publishers})
@@ -452,9 +604,8 @@ class TrustService:
                 "content": {"keys": {self._key_id: verify_key_base64(self._key)}},
             }
         )
-        view = await self._load(project)
-        assert view is not None
-        return view
+        pt.local = await self._read_room(project, room_id, local=True, alias=self.alias_for(project))
+        return pt
 
     # -- our own attestations --------------------------------------------------------
 
@@ -508,12 +659,10 @@ class TrustService:
 
         Files whose valid attestations disagree are listed without a hash, so that a
         client asking for them gets the 409 that names the publishers."""
-        view = await self.view(project)
-        if view is None:
-            return None
+        pt = await self.view(project)
         files = []
-        for filename, slots in sorted(view.files.items()):
-            valid = [r for r in slots.values() if r.verdict is Verdict.VALID and r.sha256]
+        for filename in pt.filenames():
+            valid = [r for _, r in pt.records(filename) if r.verdict is Verdict.VALID and r.sha256]
             if not valid:
                 continue
             hashes = {r.sha256 for r in valid}
@@ -536,12 +685,14 @@ class TrustService:
             versions=index.versions_from_filenames(f.filename for f in files),
         )
 
-    def status(self, view: Optional[RoomView], filename: str, upstream_sha256: Optional[str], online: bool) -> Dict[str, Any]:
+    def status(
+        self, pt: Optional[ProjectTrust], filename: str, upstream_sha256: Optional[str], online: bool
+    ) -> Dict[str, Any]:
         """A file's attestations and the verdict on each, for the admin API."""
-        decision = self.decide(view, filename, upstream_sha256, online)
-        slots = view.files.get(filename, {}) if view else {}
+        decision = self.decide(pt, filename, upstream_sha256, online)
         return {
-            "room_id": view.room_id if view else None,
+            "room_id": pt.local.room_id if pt and pt.local else None,
+            "peer_rooms": {peer: room.room_id for peer, room in pt.peers.items()} if pt else {},
             "decision": {
                 "outcome": decision.outcome.name.lower(),
                 "sha256": decision.sha256,
@@ -550,6 +701,7 @@ class TrustService:
             },
             "attestations": [
                 {
+                    "room_id": room.room_id,
                     "publisher": r.publisher,
                     "sender": r.sender,
                     "event_id": r.event_id,
@@ -558,14 +710,23 @@ class TrustService:
                     "verdict": r.verdict.name.lower(),
                     "reason": r.reason,
                 }
-                for r in slots.values()
+                for room, r in (pt.records(filename) if pt else [])
             ],
         }
 
-    async def reload(self, project: str) -> Optional[RoomView]:
-        """Forget the view and read the room state again (admin re-verify)."""
-        self._views.pop(project, None)
+    async def reload(self, project: str) -> ProjectTrust:
+        """Forget what we know of the project's rooms and read them again (admin re-verify)."""
+        pt = self._projects.pop(project, None)
+        if pt is not None:
+            for room in pt.rooms:
+                self._rooms.pop(room.room_id, None)
         return await self.view(project)
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
 
 
 def _state_key_of(state: Mapping[Tuple[str, str], Any], event_id: str) -> str:
@@ -573,4 +734,3 @@ def _state_key_of(state: Mapping[Tuple[str, str], Any], event_id: str) -> str:
         if etype == KEY_TYPE and ev.event_id == event_id:
             return skey
     return ""
-

@@ -222,7 +222,8 @@ class SimpleResource(Resource):
     async def _project(self, request: Any, name: str) -> None:
         fmt, content_type = self._negotiate(request)
         view = await self._pages.project(name)
-        if self._trust is not None and name not in self._trust.known_rooms:
+        known = self._trust.known_rooms.get(name) if self._trust is not None else None
+        if self._trust is not None and (known is None or known.local is None):
             # The first time a project is cached: its room is made in the background.
             self._run_in_background(self._ensure_room, name)
         page = await self._servable_page(view.page, view.offline)
@@ -278,8 +279,8 @@ class SimpleResource(Resource):
         """The serve policy, before every serve (cache hits included): the hash to
         serve, from the attestations and the upstream; 409 on an undecidable conflict."""
         room = await self._trust.view(name)
-        if room is None:
-            # First time: make the room in the background; nothing vouches yet.
+        if room.local is None:
+            # First time: make our room in the background (peers' rooms may vouch already).
             self._run_in_background(self._ensure_room, name)
         decision = self._trust.decide(room, filename, wanted.sha256, online)
         self._trust.handle_decision(name, room, filename, decision)

@@ -13,7 +13,7 @@ coroutine running on Synapse's reactor: do I/O asynchronously (treq) or through
 `context.defer_to_thread`, never block. docs/storage-backends.md has a complete example.
 """
 
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable
 
 import attrs
 

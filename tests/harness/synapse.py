@@ -95,6 +95,20 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def _tls_pair(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost (federation on loopback)."""
+    tls = directory / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    if not cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+             "-days", "30", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+            check=True, capture_output=True, timeout=60,
+        )
+    return cert, key
+
+
 def _log_config(log_path: Path) -> dict[str, Any]:
     return {
         "version": 1,
@@ -141,15 +155,21 @@ class SynapseServer:
         extra_config: Mapping[str, Any] | None = None,
         port: int | None = None,
         python_path: Sequence[Path] = (),
+        federation_port: int | None = None,
+        federation_names: Sequence[str] = (),
     ) -> None:
         self.python_path = [str(p) for p in python_path]
+        # With a federation port, the server is named after it (localhost:<port>: no
+        # .well-known, no SRV) and serves federation over TLS there (SYNAPSE-FACTS section 3).
+        self.federation_port = federation_port
+        self.federation_names = list(federation_names)
         if db not in ("sqlite", "postgres"):
             raise ValueError(f"db must be 'sqlite' or 'postgres', not {db!r}")
         self.work_dir = Path(work_dir).resolve()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.db = db
         self.port = port or free_port()
-        self.server_name = f"localhost:{self.port}"
+        self.server_name = f"localhost:{federation_port or self.port}"
         self.registration_secret = secrets.token_hex(16)
         self.config_path = self.work_dir / "homeserver.yaml"
         self.log_path = self.work_dir / "homeserver.log"
@@ -179,6 +199,24 @@ class SynapseServer:
             raise RuntimeError(f"{SAMPLE_CONFIG}: no listener with the client resource")
         client[0]["port"] = self.port
         client[0]["bind_addresses"] = ["127.0.0.1"]
+        if self.federation_port:
+            cert, key = _tls_pair(d)
+            listeners.append(
+                {
+                    "port": self.federation_port,
+                    "bind_addresses": ["127.0.0.1"],
+                    "type": "http",
+                    "tls": True,
+                    "resources": [{"names": ["federation"]}],
+                }
+            )
+            cfg["listeners"] = listeners
+            cfg["tls_certificate_path"] = str(cert)
+            cfg["tls_private_key_path"] = str(key)
+            cfg["federation_verify_certificates"] = False
+            cfg["ip_range_whitelist"] = ["127.0.0.0/8", "::1/128"]
+            cfg["federation_domain_whitelist"] = sorted({self.server_name, *self.federation_names})
+            cfg["federation"] = {"destination_min_retry_interval": "1s", "destination_max_retry_interval": "2s"}
         if self.db == "postgres":
             cfg["database"] = {
                 "name": "psycopg2",

@@ -53,8 +53,7 @@ class TrustMirror:
     def room(self, project: str) -> str:
         """The project's room id, with the admin, moderator and publisher joined (a public room)."""
         room_id = poll(lambda: _try_room(self.admin, self.alias(project)), what=f"room of {project}")
-        # The alias is bound before the room's join rules are sent: until then a join is
-        # refused ("not invited").
+        # The alias is bound before the room is fully made: until then a join is refused.
         poll(lambda: _try_join(self.admin, room_id), what=f"room of {project} joinable")
         for client in (self.moderator, self.publisher):
             client.join(room_id)
@@ -102,7 +101,9 @@ def _try_join(client: Client, room_id: str) -> bool:
         client.join(room_id)
         return True
     except MatrixError as e:
-        if e.status == 403:
+        # 403 "not invited" (join rules not sent yet) or 404 "no servers in the room"
+        # (the creation events not persisted yet, seen on PostgreSQL).
+        if e.status in (403, 404):
             return False
         raise
 
