@@ -132,9 +132,8 @@ class PyPIModule:
         dist = page.file(filename) if page is not None else None
         if dist is None:
             dist = index.DistFile(filename=filename, url="", hashes={"sha256": sha256})
-        refs = await self._store.refs_for(sha256)
         try:
-            await self._trust.attest(project, dist, sha256, size, refs.get("cid"))
+            await self._trust.attest(project, dist, sha256, size)
         except Exception:
             logger.exception("could not attest %s/%s", project, filename)
 

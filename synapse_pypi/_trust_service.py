@@ -144,6 +144,7 @@ class TrustService:
             self._pinned[mxid] = dict(parse_public_key(k) for k in keys)
         self._pinned.setdefault(self.bot, {})[self._key_id] = signing_key.verify_key
         self._flights = SingleFlight()
+        self._attest_locks: Dict[str, Any] = {}
         # (project, filename) -> (upstream sha256 or None, page fresh?); set by the module.
         self.lookup_upstream: Optional[Callable[[str, str], Awaitable[Tuple[Optional[str], bool]]]] = None
         # Called when a vouch disappears, so the next serve re-verifies with the upstream.
@@ -609,19 +610,30 @@ class TrustService:
 
     # -- our own attestations --------------------------------------------------------
 
-    async def attest(
-        self,
-        project: str,
-        dist: index.DistFile,
-        sha256: str,
-        size: int,
-        cid: Optional[str],
-    ) -> None:
-        """Publish (or refresh with a CID) this server's attestation for a verified file."""
+    async def attest(self, project: str, dist: index.DistFile, sha256: str, size: int) -> None:
+        """Publish (or refresh with a CID) this server's attestation for a verified file.
+
+        One at a time per file, and the CID is read when sending: an attestation made on
+        commit must not overwrite the one made when IPFS returned the CID."""
+        from twisted.internet import defer
+
+        from synapse_pypi._context import make_deferred_yieldable
+
+        lock = self._attest_locks.setdefault(dist.filename, defer.DeferredLock())
+        await make_deferred_yieldable(lock.acquire())
+        try:
+            await self._attest(project, dist, sha256, size)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._attest_locks.pop(dist.filename, None)
+
+    async def _attest(self, project: str, dist: index.DistFile, sha256: str, size: int) -> None:
         version = version_of(dist.filename)
         if version is None:
             logger.info("not attesting %s: not a wheel or sdist file name", dist.filename)
             return
+        cid = (await self._store.refs_for(sha256)).get("cid")
         view = await self.ensure_room(project)
         mine = view.files.get(dist.filename, {}).get(self.bot)
         if mine is not None and mine.verdict is Verdict.VALID and mine.sha256 == sha256 and (mine.cid or not cid):

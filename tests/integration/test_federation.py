@@ -1,0 +1,225 @@
+"""Two mirrors on two real homeservers federating over loopback TLS, each with its own Kubo
+node, the nodes connected, one real upstream: B serves from IPFS on A's attestations, a
+lying publisher is caught by both, redactions travel."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+import pytest
+
+from harness.clients import describe, installed_version, make_venv, pip_install
+from harness.dists import sha256_file, wheel_filename
+from harness.kubo import KuboNodeProcess
+from harness.matrix import Client, poll
+from harness.mirror import populate
+from harness.synapse import SynapseServer, free_port
+from harness.upstream import UpstreamServer, http_request
+from synapse_pypi.trust import (
+    ATTESTATION_TYPE,
+    KEY_TYPE,
+    build_content,
+    generate_key,
+    load_or_create_key,
+    public_key_string,
+    state_key_for,
+    verify_key_base64,
+)
+
+pytestmark = pytest.mark.synapse
+
+
+@attrs.define
+class Federation:
+    a: SynapseServer
+    b: SynapseServer
+    upstream: UpstreamServer
+    root: Path
+    admin_a: Client
+    admin_b: Client
+    moderator: Client  # on A
+    liar: Client  # a publisher on A whose key B trusts
+    liar_key: object
+
+    def bot(self, hs: SynapseServer) -> str:
+        return f"@pypi-bot:{hs.server_name}"
+
+    def status(self, hs: SynapseServer, admin: Client, project: str, filename: str) -> dict:
+        return admin.call("GET", f"/_synapse/pypi/v1/projects/{project}/files/{filename}")
+
+    def a_room(self, project: str) -> str:
+        alias = f"#pypi-{project}:{self.a.server_name}"
+        room_id = self.admin_a.room_id(alias)
+        for client in (self.admin_a, self.moderator, self.liar):
+            client.join(room_id)
+        return room_id
+
+
+def _kubo(base: Path, name: str) -> KuboNodeProcess:
+    return KuboNodeProcess(base / name / "repo", base / name / "work", gateway=False,
+                           extra_args=["--default-timeout", "30"]).start()
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory) -> Iterator[Federation]:
+    base = tmp_path_factory.mktemp("federation")
+    root = base / "dists"
+    populate(root)
+    processes: list = []
+    try:
+        upstream = UpstreamServer(root, base / "upstream").start()
+        processes.append(upstream)
+        node_a, node_b = _kubo(base, "kubo-a"), _kubo(base, "kubo-b")
+        processes += [node_a, node_b]
+        assert node_b.rpc("swarm/connect", [("arg", node_a.multiaddr)]).status == 200
+        fa, fb = free_port(), free_port()
+        name_a, name_b = f"localhost:{fa}", f"localhost:{fb}"
+        # A's attestation key, made before A starts so that B can be told to trust it.
+        key_a_path = base / "key-a" / "attestation_signing.key"
+        key_a = load_or_create_key(str(key_a_path))
+        liar_key = generate_key()
+
+        def storage(node):
+            return [{"module": "synapse_pypi.storage.KuboStorage",
+                     "config": {"api_url": f"http://127.0.0.1:{node.api_port}"}}]
+
+        a = SynapseServer(
+            base / "hs-a", federation_port=fa, federation_names=[name_b],
+            module_config={
+                "upstream_url": upstream.url, "upstream_timeout": "3s", "storage_providers": storage(node_a),
+                "signing_key_path": str(key_a_path),
+                "moderators": [f"@mod:{name_a}"], "publishers": [f"@liar:{name_a}"],
+            },
+        )
+        processes.append(a)
+        b = SynapseServer(
+            base / "hs-b", federation_port=fb, federation_names=[name_a],
+            module_config={
+                "upstream_url": upstream.url, "upstream_timeout": "3s", "storage_providers": storage(node_b),
+                "peers": [name_a],
+                "trusted_keys": {f"@pypi-bot:{name_a}": [public_key_string(key_a)],
+                                 f"@liar:{name_a}": [public_key_string(liar_key)]},
+            },
+        )
+        processes.append(b)
+        a.start()
+        b.start()
+        yield Federation(
+            a, b, upstream, root,
+            Client.register(a, "admin", admin=True), Client.register(b, "admin", admin=True),
+            Client.register(a, "mod"), Client.register(a, "liar"), liar_key,
+        )
+    finally:
+        for p in reversed(processes):
+            (p.dispose if isinstance(p, SynapseServer) else p.stop)()
+
+
+def test_b_serves_from_ipfs_on_a_attestations_without_upstream(fed, tmp_path):
+    result = pip_install(make_venv(tmp_path / "via-a"), fed.a.index_url, "alpha")
+    assert result.returncode == 0, describe(result)
+    files = [("alpha", wheel_filename("alpha", "2.0")), ("beta", wheel_filename("beta", "1.0"))]
+    for project, filename in files:
+        poll(lambda p=project, f=filename: [
+            a for a in fed.status(fed.a, fed.admin_a, p, f)["attestations"]
+            if a["publisher"] == fed.bot(fed.a) and a["verdict"] == "valid" and a["cid"]
+        ], timeout=60, what=f"A attests {filename} with a CID")
+
+    fed.upstream.stop()
+    try:
+        python = make_venv(tmp_path / "via-b")
+        result = pip_install(python, fed.b.index_url, "alpha")
+        assert result.returncode == 0, describe(result)
+        assert installed_version(python, "alpha") == "2.0" and installed_version(python, "beta") == "1.0"
+        log = fed.b.log_text()
+        assert log.count("fetched from kubo") == 2
+        assert "joined localhost:" in log
+        for project, filename in files:
+            sha = sha256_file(fed.root / project / filename)
+            assert fed.admin_b.call("GET", f"/_synapse/pypi/v1/files/{sha}")["cached"] is True
+            # B vouches too, in its own room (it has no power in A's).
+            poll(lambda p=project, f=filename: [
+                a for a in fed.status(fed.b, fed.admin_b, p, f)["attestations"]
+                if a["publisher"] == fed.bot(fed.b) and a["verdict"] == "valid"
+            ], what=f"B attests {filename}")
+    finally:
+        fed.upstream.start()
+
+
+def _lie(fed, room: str, path: Path, sha256: str) -> str:
+    content = build_content(
+        project=path.parent.name, version="1.0", filename=path.name, size=path.stat().st_size, sha256=sha256,
+        cid=None, upstream_url=None, requires_python=None, timestamp=1, publisher=fed.liar.user_id,
+        signing_key=fed.liar_key,
+    )
+    return fed.liar.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, fed.liar.user_id), content)
+
+
+def test_a_lying_publisher_is_caught_by_both(fed):
+    path = fed.root / "beta" / wheel_filename("beta", "1.0")
+    # Both mirrors have a fresh page from the upstream: its hash is the ground truth.
+    for hs in (fed.a, fed.b):
+        assert http_request(f"{hs.url}/simple/beta/", timeout=60)[0] == 200
+    room = fed.a_room("beta")
+    fed.liar.send_state(room, KEY_TYPE, fed.liar.user_id,
+                        {"keys": {f"ed25519:{fed.liar_key.version}": verify_key_base64(fed.liar_key)}})
+    event_id = _lie(fed, room, path, "12" * 32)
+    for hs, admin in ((fed.a, fed.admin_a), (fed.b, fed.admin_b)):
+        flagged = poll(lambda admin=admin: [
+            f for f in admin.call("GET", "/_synapse/pypi/v1/projects/beta/flagged")["flagged"]
+            if f["event_id"] == event_id
+        ], what=f"{hs.server_name} flags the lie")
+        assert flagged[0]["kind"] == "fraud" and flagged[0]["claimed"] == "12" * 32
+
+    def fraud_notices() -> list:
+        found = [n for n in fed.admin_a.notices(room) if "Fraudulent" in n and "12" * 32 in n]
+        return found if len(found) >= 2 else []
+
+    notices = poll(fraud_notices, what="a notice from each mirror")
+    assert any(fed.b.server_name in n for n in notices) and any(fed.a.server_name in n for n in notices)
+    # A has the power and redacts it; B sees that.
+    poll(lambda: fed.admin_a.state_event(room, ATTESTATION_TYPE, state_key_for(path.name, fed.liar.user_id)) == {},
+         what="redacted on A")
+    for hs in (fed.a, fed.b):
+        status, _, body = http_request(f"{hs.url}/simple/beta/{path.name}", timeout=60)
+        assert status == 200 and hashlib.sha256(body).hexdigest() == sha256_file(path)
+
+
+def test_with_upstream_down_b_answers_409_naming_publishers(fed):
+    path = fed.root / "alpha" / wheel_filename("alpha", "2.0")
+    room = fed.a_room("alpha")
+    fed.liar.send_state(room, KEY_TYPE, fed.liar.user_id,
+                        {"keys": {f"ed25519:{fed.liar_key.version}": verify_key_base64(fed.liar_key)}})
+    fed.upstream.stop()
+    try:
+        # Without the upstream the mirrors' pages go stale: nobody can tell who is right.
+        for admin in (fed.admin_a, fed.admin_b):
+            admin.call("POST", "/_synapse/pypi/v1/projects/alpha/reverify", {})
+        _lie(fed, room, path, "34" * 32)
+        poll(lambda: any(a["publisher"] == fed.liar.user_id and a["verdict"] == "valid"
+                         for a in fed.status(fed.b, fed.admin_b, "alpha", path.name)["attestations"]),
+             what="B sees the claim")
+        status, _, body = http_request(f"{fed.b.url}/simple/alpha/{path.name}", timeout=60)
+        assert status == 409, body
+        text = body.decode()
+        assert fed.liar.user_id in text and fed.bot(fed.a) in text
+    finally:
+        fed.upstream.start()
+
+
+def test_redaction_on_a_travels_to_b(fed):
+    filename = wheel_filename("alpha", "1.0")
+    for hs in (fed.a, fed.b):
+        assert http_request(f"{hs.url}/simple/alpha/{filename}", timeout=60)[0] == 200
+    poll(lambda: any(a["publisher"] == fed.bot(fed.a) and a["verdict"] == "valid"
+                     for a in fed.status(fed.b, fed.admin_b, "alpha", filename)["attestations"]),
+         what="B sees A's attestation")
+    room = fed.a_room("alpha")
+    state = {(e["type"], e.get("state_key")): e for e in fed.admin_a.state(room)}
+    event_id = state[(ATTESTATION_TYPE, state_key_for(filename, fed.bot(fed.a)))]["event_id"]
+    fed.moderator.redact(room, event_id, "moderation check")
+    poll(lambda: any(a["event_id"] == event_id and a["verdict"] == "redacted"
+                     for a in fed.status(fed.b, fed.admin_b, "alpha", filename)["attestations"]),
+         timeout=2.0, what="B stops relying on it within two seconds")
