@@ -65,7 +65,7 @@ class Backends:
         return sha256 in self._pending
 
     async def start(self) -> None:
-        for name, backend in self.backends:
+        for _name, backend in self.backends:
             try:
                 await backend.start()
             except Exception:

@@ -42,12 +42,12 @@ class SingleFlight:
     """
 
     def __init__(self, yieldable: Callable[[Any], Any] = make_deferred_yieldable):
-        self._waiting: Dict[Any, List["defer.Deferred[Any]"]] = {}
+        self._waiting: Dict[Any, List[defer.Deferred[Any]]] = {}
         self._yieldable = yieldable
 
     async def run(self, key: Any, fn: Callable[[], Awaitable[T]]) -> T:
         if key in self._waiting:
-            d: "defer.Deferred[T]" = defer.Deferred()
+            d: defer.Deferred[T] = defer.Deferred()
             self._waiting[key].append(d)
             return await self._yieldable(d)
         self._waiting[key] = waiters = []

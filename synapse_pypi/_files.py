@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional, Set
 import attrs
 from twisted.internet import defer
 
+from synapse_pypi._backends import Backends
 from synapse_pypi._context import fire_all
 from synapse_pypi._store import Store
-from synapse_pypi._backends import Backends
 from synapse_pypi._upstream import UpstreamBadResponse, UpstreamClient, UpstreamError, UpstreamUnreachable
 from synapse_pypi.storage import StorageError
 
@@ -198,7 +198,7 @@ class Download:
         self.source = "upstream"
         # True once the upstream answered with headers (or the download failed).
         self.responded = False
-        self._waiters: List["defer.Deferred[None]"] = []
+        self._waiters: List[defer.Deferred[None]] = []
 
     @property
     def ok(self) -> bool:
@@ -215,7 +215,7 @@ class Download:
     def wait(self, clock: Any = None, timeout: Optional[float] = None) -> "defer.Deferred[None]":
         """A Deferred that fires at the next progress (bytes written, success or failure),
         or after `timeout` seconds on `clock` if that comes first."""
-        d: "defer.Deferred[None]" = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         if self.finished:
             d.callback(None)
             return d
@@ -342,7 +342,7 @@ class FileService:
             os.ftruncate(fd, 0)
             dl.written = 0
 
-            def on_data(data: bytes) -> None:
+            def on_data(data: bytes, hasher: Any = hasher) -> None:
                 hasher.update(data)
                 os.pwrite(fd, data, dl.written)
                 dl.written += len(data)

@@ -91,7 +91,7 @@ class PageService:
         self._ttl = ttl_ms
         self._now = clock or (lambda: int(time.time() * 1000))
         self._flights = SingleFlight(yieldable)
-        self._memory: "OrderedDict[str, _Entry]" = OrderedDict()
+        self._memory: OrderedDict[str, _Entry] = OrderedDict()
         self._offline_since: Optional[int] = None
         self.upstream_page_fetches = 0
 

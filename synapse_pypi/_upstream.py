@@ -10,7 +10,8 @@ from typing import Any, Callable, Optional
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet import defer, error as internet_error
+from twisted.internet import defer
+from twisted.internet import error as internet_error
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -97,7 +98,7 @@ class _BodyReader(Protocol):
         self.idle_timeout = idle_timeout
         self.max_size = max_size
         self.received = 0
-        self.done: "defer.Deferred[None]" = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
         self._timer: Optional[IDelayedCall] = None
         self._failed: Optional[UpstreamError] = None
 

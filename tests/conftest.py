@@ -31,8 +31,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.clients import make_venv
-from harness.synapse import SynapseServer, postgres_available
 from harness.kubo import KuboNodeProcess
+from harness.synapse import SynapseServer, postgres_available
 from harness.upstream import UpstreamServer
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-
 from harness.mirror import UPSTREAM_TIMEOUT, Mirror, populate, require_backend
 from harness.synapse import SynapseServer
 from harness.upstream import UpstreamServer

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-
 from harness.dists import build_wheel, project_dir, sha256_file
 
 pytestmark = pytest.mark.synapse

@@ -10,7 +10,6 @@ from typing import Iterator
 
 import attrs
 import pytest
-
 from harness.clients import describe, installed_version, make_venv, pip_install
 from harness.dists import sha256_file, wheel_filename
 from harness.kubo import KuboNodeProcess
@@ -18,6 +17,7 @@ from harness.matrix import Client, poll
 from harness.mirror import populate
 from harness.synapse import SynapseServer, free_port
 from harness.upstream import UpstreamServer, http_request
+
 from synapse_pypi.trust import (
     ATTESTATION_TYPE,
     KEY_TYPE,

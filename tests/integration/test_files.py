@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from harness.dists import build_wheel, project_dir, sha256_file
 from harness.upstream import http_request
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from harness.clients import describe, installed_version, make_venv, pip_install, uv_install
 from harness.dists import build_sdist, build_wheel, project_dir, read_wheel_metadata
-
 from harness.mirror import populate, require_backend
 
 pytestmark = pytest.mark.synapse

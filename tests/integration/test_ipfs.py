@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from harness.clients import describe, installed_version, make_venv, pip_install
 from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
 from harness.mirror import populate

@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-
 from harness.dists import read_wheel_metadata, sha256_file, wheel_filename
 
 pytestmark = pytest.mark.synapse

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import pytest
-
 from harness.kubo import KuboNodeProcess
 
 # Short so that tests of "nobody has this CID" finish quickly; long enough for the files used.

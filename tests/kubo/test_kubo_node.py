@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Set, Tuple
 
 import pytest
-
 from harness.kubo import NODE_SCRIPT, KuboNodeProcess, multipart, request
 
 pytestmark = pytest.mark.kubo
