@@ -60,6 +60,9 @@ class PyPIConfig:
     # mxid -> ("ed25519:<id> <base64>", ...)
     trusted_keys: Mapping[str, Tuple[str, ...]] = attrs.field(factory=dict)
     signing_key_path: str = ""
+    # project -> mxid -> ("ed25519:<id> <base64>", ...): maintainers whose attestations
+    # outrank the upstream for that project.
+    maintainer_keys: Mapping[str, Mapping[str, Tuple[str, ...]]] = attrs.field(factory=dict)
     # Federation: other mirrors whose package rooms we join and read.
     peers: Tuple[str, ...] = ()
     peer_timeout_s: float = 5.0
@@ -77,6 +80,7 @@ KNOWN_KEYS = frozenset(
         "trusted_key_power_level",
         "trusted_keys",
         "signing_key_path",
+        "maintainer_keys",
         "peers",
         "peer_timeout",
         "peer_retry_interval",
@@ -265,10 +269,33 @@ def _power(config: Mapping[str, Any], key: str) -> Optional[int]:
     return value
 
 
+def _user_keys(value: Any, key: str) -> dict:
+    """{mxid: ("ed25519:<id> <base64>", ...)}, every key parsed."""
+    from synapse_pypi.trust import KeyFormatError, parse_public_key  # noqa: PLC0415
+
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"'{key}' must map Matrix user ids to lists of keys ('ed25519:<id> <base64>')", path=tuple(key.split("."))
+        )
+    keys: dict = {}
+    for user, entries in value.items():
+        if not isinstance(user, str) or not _MXID_RE.match(user):
+            raise ConfigError(f"'{key}': {user!r} is not a Matrix user id", path=tuple(key.split(".")))
+        if isinstance(entries, str):
+            entries = [entries]
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError(f"'{key}.{user}' must be a list of keys", path=(*key.split("."), user))
+        for entry in entries:
+            try:
+                parse_public_key(entry if isinstance(entry, str) else "")
+            except KeyFormatError as e:
+                raise ConfigError(f"'{key}.{user}': {e}", path=(*key.split("."), user))
+        keys[user] = tuple(entries)
+    return keys
+
+
 def _parse_trust(config: Mapping[str, Any]) -> dict:
     """The trust-layer options; see docs/configuration.md."""
-    from synapse_pypi.trust import KeyFormatError, parse_public_key  # noqa: PLC0415 - pure, but heavy
-
     out: dict = {}
     if "bot_localpart" in config:
         value = config["bot_localpart"]
@@ -297,27 +324,23 @@ def _parse_trust(config: Mapping[str, Any]) -> dict:
         if level is not None:
             out[field] = level
     if "trusted_keys" in config:
-        value = config["trusted_keys"]
+        out["trusted_keys"] = _user_keys(config["trusted_keys"], "trusted_keys")
+    if "maintainer_keys" in config:
+        value = config["maintainer_keys"]
         if not isinstance(value, dict):
             raise ConfigError(
-                "'trusted_keys' must map Matrix user ids to lists of keys ('ed25519:<id> <base64>')",
-                path=("trusted_keys",),
+                "'maintainer_keys' must map project names to {user id: [keys]}", path=("maintainer_keys",)
             )
-        keys: dict = {}
-        for user, entries in value.items():
-            if not isinstance(user, str) or not _MXID_RE.match(user):
-                raise ConfigError(f"'trusted_keys': {user!r} is not a Matrix user id", path=("trusted_keys",))
-            if isinstance(entries, str):
-                entries = [entries]
-            if not isinstance(entries, list) or not entries:
-                raise ConfigError(f"'trusted_keys.{user}' must be a list of keys", path=("trusted_keys", user))
-            for entry in entries:
-                try:
-                    parse_public_key(entry if isinstance(entry, str) else "")
-                except KeyFormatError as e:
-                    raise ConfigError(f"'trusted_keys.{user}': {e}", path=("trusted_keys", user))
-            keys[user] = tuple(entries)
-        out["trusted_keys"] = keys
+        pinned: dict = {}
+        for project, users in value.items():
+            from synapse_pypi._names import InvalidName, normalize  # noqa: PLC0415
+
+            try:
+                name = normalize(str(project))
+            except InvalidName as e:
+                raise ConfigError(f"'maintainer_keys': {e}", path=("maintainer_keys", str(project)))
+            pinned[name] = _user_keys(users, f"maintainer_keys.{project}")
+        out["maintainer_keys"] = pinned
     if "peers" in config:
         value = config["peers"]
         if not isinstance(value, list) or not all(isinstance(p, str) and _SERVER_RE.match(p) for p in value):

@@ -143,6 +143,12 @@ class TrustService:
         for mxid, keys in config.trusted_keys.items():
             self._pinned[mxid] = dict(parse_public_key(k) for k in keys)
         self._pinned.setdefault(self.bot, {})[self._key_id] = signing_key.verify_key
+        # project -> maintainer -> key id -> VerifyKey: outrank the upstream for that project.
+        self._maintainers: Dict[str, Dict[str, Dict[str, Any]]] = {
+            project: {user: dict(parse_public_key(k) for k in keys) for user, keys in users.items()}
+            for project, users in config.maintainer_keys.items()
+        }
+        self._upstream_noticed: Set[Tuple[str, str, str]] = set()
         self._flights = SingleFlight()
         self._attest_locks: Dict[str, Any] = {}
         # (project, filename) -> (upstream sha256 or None, page fresh?); set by the module.
@@ -167,6 +173,9 @@ class TrustService:
         """The verify keys we trust for `user`: pinned in config (and our own), plus, in
         our own rooms only, keys the user published there while at or above the
         configured power level. A peer's room power is the peer's to give, not ours."""
+        if room is not None and user in self._maintainers.get(room.project, {}):
+            # A maintainer of this project is known by the pinned keys alone.
+            return self._maintainers[room.project][user]
         keys = dict(self._pinned.get(user, {}))
         if room is not None and room.local and room.level(user) >= self._config.trusted_key_power_level:
             keys.update(room.room_keys.get(user, {}))
@@ -224,10 +233,10 @@ class TrustService:
 
     async def _join_peers(self, pt: ProjectTrust, peers: Tuple[str, ...]) -> None:
         """Join the peers' rooms for this project, in parallel, each within the timeout."""
+        from synapse.module_api import run_in_background
         from twisted.internet import defer
 
         from synapse_pypi._context import make_deferred_yieldable
-        from synapse.module_api import run_in_background
 
         calls = [run_in_background(self._join_peer, pt, peer) for peer in peers]
         await make_deferred_yieldable(defer.gatherResults(calls, consumeErrors=True))
@@ -272,9 +281,8 @@ class TrustService:
     async def _bounded(self, awaitable: Any) -> Any:
         """Await a Synapse call for at most `peer_timeout`: a slow or dead peer must never
         hold a request for longer."""
-        from twisted.internet import defer
-
         from synapse.module_api import make_deferred_yieldable, run_in_background
+        from twisted.internet import defer
 
         async def call() -> Any:
             return await awaitable
@@ -308,12 +316,12 @@ class TrustService:
             view.creator = create.sender
         self._read_power(view, state.get((POWER_LEVELS, "")))
         view.room_keys = {}
-        for (etype, skey), ev in state.items():
+        for (etype, _skey), ev in state.items():
             if etype == KEY_TYPE:
                 self._read_keys(view, ev)
         view.files = {}
         view.by_event = {}
-        for (etype, skey), ev in state.items():
+        for (etype, _skey), ev in state.items():
             if etype == ATTESTATION_TYPE:
                 self._read_attestation(view, ev)
 
@@ -463,7 +471,34 @@ class TrustService:
     def decide(
         self, pt: Optional[ProjectTrust], filename: str, upstream_sha256: Optional[str], online: bool
     ) -> Decision:
-        return decide(self._claims(pt, filename), upstream_sha256, online, {})
+        claims = self._claims(pt, filename)
+        maintainers = self._maintainers.get(pt.project, {}) if pt is not None else {}
+        pinned = {p: sha for p, sha in claims.items() if p in maintainers}
+        return decide(claims, upstream_sha256, online, pinned)
+
+    def maintainer_overrules(
+        self, pt: Optional[ProjectTrust], filename: str, upstream_sha256: Optional[str], decision: Decision
+    ) -> None:
+        """A pinned maintainer's hash differs from the upstream's: say so in the room, once."""
+        if pt is None or pt.local is None or not upstream_sha256 or not decision.sha256:
+            return
+        maintainers = self._maintainers.get(pt.project, {})
+        if decision.sha256 == upstream_sha256 or not maintainers:
+            return
+        key = (pt.project, filename, upstream_sha256)
+        if key in self._upstream_noticed:
+            return
+        who = sorted(p for p, sha in self._claims(pt, filename).items() if p in maintainers and sha == decision.sha256)
+        if not who:
+            return
+        self._upstream_noticed.add(key)
+        text = (
+            f"Upstream contradicts the maintainer: the upstream index publishes sha256 {upstream_sha256} for "
+            f"{filename}, but {', '.join(who)} attested {decision.sha256}. {self._api.server_name} serves only "
+            "the maintainer's bytes."
+        )
+        logger.warning("%s", text)
+        self._run_background("synapse_pypi_notice", self._notice, pt.local, text)
 
     def invalid_records(self, pt: Optional[ProjectTrust], filename: str) -> List[Tuple[RoomView, Record]]:
         if pt is None:

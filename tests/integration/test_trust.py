@@ -12,20 +12,21 @@ from typing import Iterator
 
 import attrs
 import pytest
-from signedjson.sign import verify_signed_json
-
 from harness.clients import describe, installed_version, make_venv, pip_install
 from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
 from harness.matrix import Client, MatrixError, poll
 from harness.mirror import populate, require_backend
 from harness.synapse import SynapseServer, free_port
 from harness.upstream import UpstreamServer, http_request
+from signedjson.sign import verify_signed_json
+
 from synapse_pypi.trust import (
     ATTESTATION_TYPE,
     KEY_TYPE,
     build_content,
     generate_key,
     parse_public_key,
+    public_key_string,
     state_key_for,
     verify_key_base64,
 )
@@ -42,6 +43,8 @@ class TrustMirror:
     moderator: Client
     publisher: Client
     publisher_key: object
+    maintainer: Client
+    maintainer_key: object
 
     @property
     def bot(self) -> str:
@@ -127,6 +130,7 @@ def tm(request, tmp_path_factory) -> Iterator[TrustMirror]:
     upstream = UpstreamServer(root, base / "upstream").start()
     port = free_port()
     server = f"localhost:{port}"
+    maintainer_key = generate_key()
     hs = SynapseServer(
         base / "hs",
         db=kind,
@@ -135,7 +139,8 @@ def tm(request, tmp_path_factory) -> Iterator[TrustMirror]:
             "upstream_url": upstream.url,
             "upstream_timeout": "3s",
             "moderators": [f"@mod:{server}"],
-            "publishers": [f"@pub:{server}"],
+            "publishers": [f"@pub:{server}", f"@maint:{server}"],
+            "maintainer_keys": {"pinned-pkg": {f"@maint:{server}": [public_key_string(maintainer_key)]}},
         },
     )
     try:
@@ -143,7 +148,8 @@ def tm(request, tmp_path_factory) -> Iterator[TrustMirror]:
         admin = Client.register(hs, "admin", admin=True)
         moderator = Client.register(hs, "mod")
         publisher = Client.register(hs, "pub")
-        yield TrustMirror(hs, upstream, root, admin, moderator, publisher, generate_key())
+        maintainer = Client.register(hs, "maint")
+        yield TrustMirror(hs, upstream, root, admin, moderator, publisher, generate_key(), maintainer, maintainer_key)
     finally:
         hs.dispose()
         upstream.stop()
@@ -364,3 +370,37 @@ def test_cli_prints_the_module_public_key(tm):
     state = {(e["type"], e.get("state_key")): e for e in tm.admin.state(room)}
     (kid, b64), = state[(KEY_TYPE, tm.bot)]["content"]["keys"].items()
     assert out.stdout.strip() == f"{kid} {b64}"  # the form trusted_keys takes
+
+
+def test_pinned_maintainer_outranks_a_tampered_upstream(tm):
+    path = tm.add_project("pinned-pkg", payload_size=20_000)
+    good_sha = sha256_file(path)
+    room = tm.room("pinned-pkg")
+    tm.maintainer.join(room)
+    content = build_content(
+        project="pinned-pkg", version="1.0", filename=path.name, size=path.stat().st_size, sha256=good_sha,
+        cid=None, upstream_url=None, requires_python=None, timestamp=1, publisher=tm.maintainer.user_id,
+        signing_key=tm.maintainer_key,
+    )
+    tm.maintainer.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, tm.maintainer.user_id), content)
+    poll(lambda: tm.verdicts("pinned-pkg", path.name).get(tm.maintainer.user_id) == "valid", what="maintainer vouch")
+    # An attacker who controls the upstream replaces the file and its hash in the index.
+    upstream_path = tm.upstream.file_path("pinned-pkg", path.name)
+    replaced = tm.upstream.fault(upstream_path, "replace", content=b"evil" * 5000)
+    try:
+        tm.admin.call("POST", "/_synapse/pypi/v1/projects/pinned-pkg/reverify", {})
+        status, _, page = http_request(f"{tm.hs.url}/simple/pinned-pkg/",
+                                       headers={"Accept": "application/vnd.pypi.simple.v1+json"}, timeout=60)
+        files = {f["filename"]: f for f in json.loads(page)["files"]}
+        assert files[path.name]["hashes"] == {"sha256": good_sha}  # the maintainer's, not the upstream's
+        status, _, body = tm.get("pinned-pkg", path.name)
+        assert status == 502 and b"sha256 mismatch" in body  # the tampered bytes are never served
+        assert hashlib.sha256(body).hexdigest() != replaced["sha256"]
+        notice = poll(lambda: [n for n in tm.admin.notices(room) if "contradicts the maintainer" in n], what="notice")[0]
+        assert replaced["sha256"] in notice and good_sha in notice and tm.maintainer.user_id in notice
+    finally:
+        tm.upstream.clear_faults()
+    # The real file again: served.
+    tm.admin.call("POST", "/_synapse/pypi/v1/projects/pinned-pkg/reverify", {})
+    status, _, body = tm.get("pinned-pkg", path.name)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == good_sha
