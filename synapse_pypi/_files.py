@@ -71,6 +71,8 @@ class LocalCache:
         self._evicting = False
         # Blobs that must stay even when least recently used (e.g. not yet added to IPFS).
         self.keep: Any = lambda sha256: False
+        # Bumped whenever a blob comes or goes (pages rendered from the cache's contents).
+        self.generation = 0
 
     def blob_path(self, sha256: str) -> str:
         return os.path.join(self.root, "sha256", sha256[:2], sha256[2:4], sha256)
@@ -124,6 +126,7 @@ class LocalCache:
         if sha256 not in self._sizes:
             self.total_size += size
         self._sizes[sha256] = size
+        self.generation += 1
         self._last_access[sha256] = now
         logger.info("cached %s/%s (%d bytes, sha256 %s)", wanted.project, wanted.filename, size, sha256)
         await self.evict()
@@ -172,6 +175,7 @@ class LocalCache:
         self._last_access.pop(sha256, None)
         self._pending_touch.pop(sha256, None)
         self.total_size -= size
+        self.generation += 1
         await self._store.remove_blob(sha256)
         try:
             os.unlink(self.blob_path(sha256))

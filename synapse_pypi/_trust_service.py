@@ -151,6 +151,8 @@ class TrustService:
         self._upstream_noticed: Set[Tuple[str, str, str]] = set()
         self._flights = SingleFlight()
         self._attest_locks: Dict[str, Any] = {}
+        # Bumped on every change to any view (rendered pages depend on the views).
+        self.generation = 0
         # (project, filename) -> (upstream sha256 or None, page fresh?); set by the module.
         self.lookup_upstream: Optional[Callable[[str, str], Awaitable[Tuple[Optional[str], bool]]]] = None
         # Called when a vouch disappears, so the next serve re-verifies with the upstream.
@@ -373,9 +375,11 @@ class TrustService:
             view.by_event.pop(old.event_id, None)
         view.files[filename][publisher] = record
         view.by_event[ev.event_id] = (filename, publisher)
+        self.generation += 1
         return record
 
     def _reverify_all(self, view: RoomView) -> None:
+        self.generation += 1
         for filename, slots in view.files.items():
             for publisher, rec in list(slots.items()):
                 if rec.verdict is Verdict.REDACTED:
@@ -403,6 +407,7 @@ class TrustService:
                 rec = room.files[filename][publisher]
                 was_valid = rec.verdict is Verdict.VALID
                 rec.verdict, rec.reason, rec.sha256 = Verdict.REDACTED, "redacted", None
+                self.generation += 1
                 logger.info(
                     "attestation %s for %s by %s redacted by %s", target, filename, publisher, event.sender
                 )

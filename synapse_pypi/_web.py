@@ -36,6 +36,8 @@ METADATA_SUFFIX = ".metadata"
 # streaming early, and a failure after that can only abort the connection. The time
 # limit keeps a client's own read timeout (pip: 15 s) from firing on a slow upstream.
 STREAM_AFTER_BYTES = 1024 * 1024
+# Rendered project pages kept in memory.
+RENDERED_PAGES = 512
 STREAM_AFTER_SECONDS = 10.0
 
 
@@ -117,6 +119,7 @@ class SimpleResource(Resource):
         self._yieldable = yieldable
         self._ready = True
         self._ready_waiters: List[defer.Deferred[None]] = []
+        self._rendered: dict = {}
 
     def gate_on(self, started: "defer.Deferred[Any]") -> None:
         """Hold requests until `started` fires (the module's start-up work)."""
@@ -226,16 +229,29 @@ class SimpleResource(Resource):
         if self._trust is not None and (known is None or known.local is None):
             # The first time a project is cached: its room is made in the background.
             self._run_in_background(self._ensure_room, name)
-        page = await self._servable_page(view.page, view.offline)
-        render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
-        body = render(page, lambda f: quote(f.filename))
+        # Rendering is most of a warm page's cost: keep the bytes until the page, the
+        # cache's contents or the trust view change.
+        key = (name, fmt, view.offline)
+        stamp = (id(view.page), self._cache.generation, self._trust.generation if self._trust else 0)
+        hit = self._rendered.get(key)
+        if hit is not None and hit[0] == stamp:
+            body = hit[1]
+        else:
+            page = await self._servable_page(view.page, view.offline)
+            render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
+            body = render(page, lambda f: quote(f.filename))
+            self._rendered[key] = (stamp, body, view.page)  # the page is held so its id stays unique
+            while len(self._rendered) > RENDERED_PAGES:
+                self._rendered.pop(next(iter(self._rendered)))
         self._send_page(request, body, content_type, not view.offline)
 
     async def _servable_page(self, page: index.ProjectPage, offline: bool) -> index.ProjectPage:
         """The page as we serve it: sizes we know filled in; offline, only the
         .metadata files we can really serve advertised (PEP 658 says advertise a file
         only where it is served)."""
-        cached = await self._files.cached_files(page.name)
+        # Only sizes the upstream left out, and offline pages, need to know what is cached.
+        needs_cache = offline or any(f.size is None for f in page.files)
+        cached = await self._files.cached_files(page.name) if needs_cache else {}
         pt = self._trust.known_rooms.get(page.name) if self._trust is not None else None
         files = []
         for f in page.files:
