@@ -223,3 +223,54 @@ def test_redaction_on_a_travels_to_b(fed):
     poll(lambda: any(a["event_id"] == event_id and a["verdict"] == "redacted"
                      for a in fed.status(fed.b, fed.admin_b, "alpha", filename)["attestations"]),
          timeout=2.0, what="B stops relying on it within two seconds")
+
+
+def test_dead_and_hanging_peers_do_not_hold_requests(synapse_factory, upstream_factory, dists_dir, tmp_path):
+    import socket
+    import threading
+
+    from harness.dists import build_wheel, project_dir
+
+    build_wheel(project_dir(dists_dir, "solo"), "solo", "1.0")
+    upstream = upstream_factory()
+    # One peer accepts connections and never answers; the other is a closed port.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    accepted: list = []
+    stop = threading.Event()
+
+    def swallow():
+        hang.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(hang.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=swallow, daemon=True)
+    thread.start()
+    hanging, dead = f"localhost:{hang.getsockname()[1]}", f"localhost:{free_port()}"
+    try:
+        port = free_port()
+        hs = SynapseServer(
+            tmp_path / "hs", federation_port=port, federation_names=[hanging, dead],
+            module_config={"upstream_url": upstream.url, "peers": [hanging, dead], "peer_timeout": "2s"},
+        ).start()
+        try:
+            # The client gives up after 20 s; unbounded peer calls would take Synapse's own
+            # federation timeouts (a minute and more).
+            status, _, _ = http_request(f"{hs.url}/simple/solo/", timeout=20)
+            assert status == 200
+            status, _, body = http_request(f"{hs.url}/simple/solo/solo-1.0-py3-none-any.whl", timeout=20)
+            assert status == 200
+            log = poll(lambda: hs.log_text() if hs.log_text().count("cannot join") >= 2 else "", what="both logged")
+            assert hanging in log and dead in log
+        finally:
+            hs.dispose()
+    finally:
+        stop.set()
+        thread.join()
+        hang.close()
+        for conn in accepted:
+            conn.close()
