@@ -145,6 +145,18 @@ def parse_duration_ms(value: Any, key: str) -> int:
     )
 
 
+def parse_positive_duration_ms(value: Any, key: str) -> int:
+    """A duration that must be greater than zero (timeouts, intervals).
+
+    Raises:
+        ConfigError: naming `key`.
+    """
+    ms = parse_duration_ms(value, key)
+    if ms <= 0:
+        raise ConfigError(f"'{key}' must be greater than zero", path=(key,))
+    return ms
+
+
 def _check_url(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"'{key}' must be an http(s) URL string", path=(key,))
@@ -224,10 +236,7 @@ def parse_config(config: Any) -> PyPIConfig:
     if "page_ttl" in config:
         kwargs["page_ttl_ms"] = parse_duration_ms(config["page_ttl"], "page_ttl")
     if "upstream_timeout" in config:
-        timeout_ms = parse_duration_ms(config["upstream_timeout"], "upstream_timeout")
-        if timeout_ms <= 0:
-            raise ConfigError("'upstream_timeout' must be greater than zero", path=("upstream_timeout",))
-        kwargs["upstream_timeout_s"] = timeout_ms / 1000
+        kwargs["upstream_timeout_s"] = parse_positive_duration_ms(config["upstream_timeout"], "upstream_timeout") / 1000
     if "max_page_size" in config:
         kwargs["max_page_size"] = parse_size(config["max_page_size"], "max_page_size")
         if kwargs["max_page_size"] < 1024:
@@ -238,9 +247,7 @@ def parse_config(config: Any) -> PyPIConfig:
     if "storage_providers" in config:
         kwargs["storage_providers"] = parse_storage_providers(config["storage_providers"])
     if "storage_retry_interval" in config:
-        kwargs["storage_retry_ms"] = parse_duration_ms(config["storage_retry_interval"], "storage_retry_interval")
-        if kwargs["storage_retry_ms"] <= 0:
-            raise ConfigError("'storage_retry_interval' must be greater than zero", path=("storage_retry_interval",))
+        kwargs["storage_retry_ms"] = parse_positive_duration_ms(config["storage_retry_interval"], "storage_retry_interval")
 
     kwargs.update(_parse_trust(config))
     kwargs.setdefault("signing_key_path", os.path.join(data_directory, "attestation_signing.key"))
@@ -351,10 +358,7 @@ def _parse_trust(config: Mapping[str, Any]) -> dict:
         out["peers"] = tuple(dict.fromkeys(value))
     for key, field in (("peer_timeout", "peer_timeout_s"), ("peer_retry_interval", "peer_retry_s")):
         if key in config:
-            ms = parse_duration_ms(config[key], key)
-            if ms <= 0:
-                raise ConfigError(f"'{key}' must be greater than zero", path=(key,))
-            out[field] = ms / 1000
+            out[field] = parse_positive_duration_ms(config[key], key) / 1000
     if "signing_key_path" in config:
         value = config["signing_key_path"]
         if not isinstance(value, str) or not value.strip():

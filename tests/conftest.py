@@ -18,7 +18,6 @@ into a failure (for CI machines that are supposed to have it).
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -32,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.clients import make_venv
 from harness.kubo import KuboNodeProcess
-from harness.synapse import SynapseServer, postgres_available
+from harness.mirror import require_backend
+from harness.synapse import SynapseServer
 from harness.upstream import UpstreamServer
 
 
@@ -88,13 +88,7 @@ def upstream(upstream_factory: Callable[..., UpstreamServer]) -> UpstreamServer:
 @pytest.fixture(params=["sqlite", "postgres"])
 def hs_backend(request: pytest.FixtureRequest) -> str:
     kind = str(request.param)
-    if kind == "postgres":
-        ok, why = postgres_available()
-        if not ok:
-            msg = f"PostgreSQL not reachable on 127.0.0.1:5432: {why}"
-            if os.environ.get("SYNAPSE_PYPI_REQUIRE_POSTGRES") == "1":
-                pytest.fail(msg)
-            pytest.skip(msg)
+    require_backend(kind)
     return kind
 
 

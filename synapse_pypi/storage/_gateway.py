@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import attrs
 
-from synapse_pypi._config import ConfigError, parse_duration_ms
+from synapse_pypi._config import ConfigError, parse_positive_duration_ms
 from synapse_pypi.storage import BackendContext, StorageBackend, StorageError
 from synapse_pypi.storage._http import ServiceClient
 from synapse_pypi.storage._kubo import _check_http_url
@@ -45,10 +45,7 @@ class GatewayStorage(StorageBackend):
             raise ConfigError(f"unknown option '{unknown[0]}'; try one of: gateway_url, timeout", path=(unknown[0],))
         kwargs: dict = {"gateway_url": _check_http_url(config["gateway_url"], "gateway_url")}
         if "timeout" in config:
-            ms = parse_duration_ms(config["timeout"], "timeout")
-            if ms <= 0:
-                raise ConfigError("'timeout' must be greater than zero", path=("timeout",))
-            kwargs["timeout_s"] = ms / 1000
+            kwargs["timeout_s"] = parse_positive_duration_ms(config["timeout"], "timeout") / 1000
         return GatewayConfig(**kwargs)
 
     def describe(self) -> str:

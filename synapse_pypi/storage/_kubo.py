@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 
-from synapse_pypi._config import ConfigError, parse_duration_ms
+from synapse_pypi._config import ConfigError, parse_positive_duration_ms
 from synapse_pypi.storage import BackendContext, StorageBackend, StorageError, StorageUnavailable
 from synapse_pypi.storage._http import ServiceClient
 
@@ -59,10 +59,7 @@ class KuboStorage(StorageBackend):
         if "api_url" in config:
             kwargs["api_url"] = _check_http_url(config["api_url"], "api_url")
         if "timeout" in config:
-            ms = parse_duration_ms(config["timeout"], "timeout")
-            if ms <= 0:
-                raise ConfigError("'timeout' must be greater than zero", path=("timeout",))
-            kwargs["timeout_s"] = ms / 1000
+            kwargs["timeout_s"] = parse_positive_duration_ms(config["timeout"], "timeout") / 1000
         return KuboConfig(**kwargs)
 
     def describe(self) -> str:

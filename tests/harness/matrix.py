@@ -75,7 +75,7 @@ class Client:
         return list(reversed(bodies))
 
 
-def poll(cond: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+def poll(cond: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
     """Poll `cond` until it returns something true; raise after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -6,28 +6,17 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from harness.clients import describe, installed_version, make_venv, pip_install
 from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
+from harness.matrix import poll
 from harness.mirror import populate
 
 pytestmark = pytest.mark.synapse
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "storage-backends.md"
-
-
-def poll(cond, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.05)  # polling interval
 
 
 def admin(hs):
