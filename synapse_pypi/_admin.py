@@ -102,11 +102,13 @@ class AdminResource(DirectServeJsonResource):
             project, filename = self._project(path[2]), path[4]
             if not is_safe_filename(filename):
                 raise _bad("invalid file name")
+            # Refuse before changing anything: a 409 leaves the file exactly as it was.
+            digest = await self._store.file_digest(project, filename)
+            if digest is not None and self._cache.in_use(digest):
+                raise SynapseError(409, "the file is being served right now; try again", "M_UNKNOWN")
             sha256 = await self._store.forget_file(project, filename)
             purged = False
-            if sha256 is not None:
-                if self._cache.in_use(sha256):
-                    raise SynapseError(409, "the file is being served right now; try again", "M_UNKNOWN")
+            if sha256 is not None and not self._cache.in_use(sha256):
                 await self._cache.remove(sha256, reason=f"purged by {user_id}")
                 purged = True
             logger.info("admin %s purged %s/%s (%s)", user_id, project, filename, sha256)

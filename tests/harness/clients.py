@@ -10,6 +10,7 @@ every config file. uv gets `--no-config`, `UV_NO_CONFIG=1` and no inherited UV_*
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -182,3 +183,16 @@ def installed_version(python: Path, dist_name: str) -> str | None:
     if proc.returncode != 0:
         raise ClientError(describe(proc))
     return proc.stdout.strip()
+
+
+def slow_reader(url: str) -> socket.socket:
+    """A client that asks for a file and then stops reading (a tiny receive window), so the
+    server is still sending it until the socket is closed."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, int(port)))
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    assert s.recv(64).startswith(b"HTTP/1.1 200")
+    return s

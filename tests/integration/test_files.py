@@ -4,12 +4,12 @@ headers and ranges."""
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
+from harness.clients import slow_reader
 from harness.dists import build_wheel, project_dir, sha256_file
 from harness.upstream import http_request
 
@@ -118,18 +118,6 @@ def test_large_file_truncated_mid_stream_aborts_and_caches_nothing(mirror):
     assert status == 200 and hashlib.sha256(body).hexdigest() == sha
 
 
-def _start_slow_reader(url: str) -> socket.socket:
-    """A client that asks for a file and then stops reading (a tiny receive window)."""
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    path = "/" + url.split("//")[1].split("/", 1)[1]
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect((host, int(port)))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-    assert s.recv(64).startswith(b"HTTP/1.1 200")
-    return s
-
-
 def test_eviction_is_lru_and_spares_files_being_served(synapse_factory, upstream_factory, dists_dir):
     upstream = upstream_factory()
     big = build_wheel(project_dir(dists_dir, "big"), "big", "1.0", payload_size=20_000_000)
@@ -155,7 +143,7 @@ def test_eviction_is_lru_and_spares_files_being_served(synapse_factory, upstream
     # A slow client starts reading big; then small0 is used again, so big is the least
     # recently used file while it is still being sent. Caching small1 must evict small0,
     # not big.
-    reader = _start_slow_reader(f"{hs.url}/simple/big/{big.name}")
+    reader = slow_reader(f"{hs.url}/simple/big/{big.name}")
     try:
         get(small[0])
         get(small[1])
