@@ -24,6 +24,7 @@ from synapse_pypi.trust import (
     KEY_TYPE,
     Decision,
     MalformedAttestation,
+    Outcome,
     Verdict,
     build_content,
     decide,
@@ -66,6 +67,7 @@ class RoomView:
     files: Dict[str, Dict[str, Record]] = attrs.Factory(dict)
     power: Dict[str, int] = attrs.Factory(dict)
     users_default: int = 0
+    redact_level: int = 50
     room_keys: Dict[str, Dict[str, Any]] = attrs.Factory(dict)  # mxid -> key id -> VerifyKey
     by_event: Dict[str, Tuple[str, str]] = attrs.Factory(dict)  # event id -> (filename, publisher)
     creator: Optional[str] = None
@@ -216,13 +218,37 @@ class TrustService:
         return pt
 
     async def _load_local(self, project: str) -> Optional[RoomView]:
+        alias = self.alias_for(project)
         try:
-            room_id, _ = await self._api.lookup_room_alias(self.alias_for(project))
+            room_id, _ = await self._api.lookup_room_alias(alias)
         except Exception as e:
             if getattr(e, "code", None) == 404:
                 return None
             raise
-        return await self._read_room(project, room_id, local=True, alias=self.alias_for(project))
+        room = await self._read_room(project, room_id, local=True, alias=alias)
+        if room.creator == self.bot:
+            return room
+        # Someone else bound our alias to a room of theirs, where they hold unlimited power:
+        # nothing in it is trusted. The alias namespace is the mirror's: take it back, and
+        # the project gets a room of the bot's own.
+        self._rooms.pop(room_id, None)
+        logger.warning(
+            "%s points at %s, created by %s and not by %s: ignoring that room and reclaiming the alias",
+            alias,
+            room_id,
+            room.creator,
+            self.bot,
+        )
+        await self._unbind_alias(alias)
+        return None
+
+    async def _unbind_alias(self, alias: str) -> None:
+        # The module API can bind aliases (create_room) but not unbind them; the directory
+        # handler's own deletion, without the requester checks, is what an admin's would do.
+        from synapse.types import RoomAlias
+
+        handler = self._api._hs.get_directory_handler()
+        await handler._delete_association(RoomAlias.from_string(alias))
 
     async def _read_room(self, project: str, room_id: str, local: bool, alias: str) -> RoomView:
         state = await self._api.get_room_state(room_id)
@@ -333,6 +359,8 @@ class TrustService:
         view.power = {u: int(v) for u, v in users.items() if isinstance(v, int)}
         default = content.get("users_default", 0)
         view.users_default = default if isinstance(default, int) else 0
+        redact = content.get("redact", 50)
+        view.redact_level = redact if isinstance(redact, int) else 50
 
     def _read_keys(self, view: RoomView, ev: Any) -> None:
         # A key event counts only in its owner's own slot, and only while not redacted.
@@ -450,10 +478,10 @@ class TrustService:
         pt = self._projects.get(room.project)
         claims = self._claims(pt, filename) if pt else {}
         claims[rec.publisher] = rec.sha256
-        decision = decide(claims, upstream_sha, fresh, {})
+        decision = decide(claims, upstream_sha, fresh, self._pinned_claims(room.project, claims))
         if any(p == rec.publisher for p, _ in decision.fraud) and rec.event_id not in self._handled:
             self._handled.add(rec.event_id)
-            await self._flag_fraud(room, filename, rec, rec.sha256, decision.sha256)
+            await self._flag_fraud(room, filename, rec, rec.sha256, decision)
 
     # -- the serve policy ------------------------------------------------------------
 
@@ -477,9 +505,14 @@ class TrustService:
         self, pt: Optional[ProjectTrust], filename: str, upstream_sha256: Optional[str], online: bool
     ) -> Decision:
         claims = self._claims(pt, filename)
-        maintainers = self._maintainers.get(pt.project, {}) if pt is not None else {}
-        pinned = {p: sha for p, sha in claims.items() if p in maintainers}
+        pinned = self._pinned_claims(pt.project, claims) if pt is not None else {}
         return decide(claims, upstream_sha256, online, pinned)
+
+    def _pinned_claims(self, project: str, claims: Mapping[str, str]) -> Dict[str, str]:
+        """The claims made by maintainers pinned to the project: they outrank the upstream,
+        for the serve and for judging a newly arrived attestation alike."""
+        maintainers = self._maintainers.get(project, {})
+        return {p: sha for p, sha in claims.items() if p in maintainers}
 
     def maintainer_overrules(
         self, pt: Optional[ProjectTrust], filename: str, upstream_sha256: Optional[str], decision: Decision
@@ -520,19 +553,24 @@ class TrustService:
                 if rec.event_id not in self._handled:
                     self._handled.add(rec.event_id)
                     self._run_background(
-                        "synapse_pypi_fraud", self._flag_fraud, room, filename, rec, rec.sha256, decision.sha256
+                        "synapse_pypi_fraud", self._flag_fraud, room, filename, rec, rec.sha256, decision
                     )
         for room, rec in self.invalid_records(pt, filename):
             if rec.event_id not in self._handled:
                 self._run_background("synapse_pypi_report", self.report_invalid, room, filename, rec)
 
     async def _flag_fraud(
-        self, room: RoomView, filename: str, rec: Record, claimed: Optional[str], truth: Optional[str]
+        self, room: RoomView, filename: str, rec: Record, claimed: Optional[str], decision: Decision
     ) -> None:
         self.fraud_count += 1
+        truth = decision.sha256
+        if decision.outcome is Outcome.SERVE:  # with fraud, only when pinned maintainers decide
+            source = "the hash the project's pinned maintainer attested"
+        else:
+            source = "the upstream index's hash"
         text = (
             f"Fraudulent attestation: {rec.publisher} says {filename} has sha256 {claimed}, "
-            f"but it is {truth} (the upstream index's hash, checked by {self._api.server_name}). "
+            f"but it is {truth} ({source}, checked by {self._api.server_name}). "
             "This attestation is not relied on."
         )
         redacted = await self._redact(room, rec.event_id, f"fraud: wrong sha256 for {filename}")
@@ -561,7 +599,7 @@ class TrustService:
         logger.warning("invalid attestation in %s: %s", room.room_id, text)
 
     async def _redact(self, view: RoomView, event_id: str, reason: str) -> bool:
-        if view.level(self.bot) < 50:
+        if view.level(self.bot) < view.redact_level:
             return False
         try:
             await self._api.create_and_send_event_into_room(
@@ -621,12 +659,22 @@ class TrustService:
                 ),
                 "power_level_content_override": {
                     "users": users,
+                    # This map replaces Synapse's defaults, so it names every event that
+                    # shapes the room: moderators redact, they do not re-plumb the room.
                     "events": {
                         ATTESTATION_TYPE: levels.attestation_power_level,
                         KEY_TYPE: levels.attestation_power_level,
                         POWER_LEVELS: 100,
+                        "m.room.join_rules": 100,
+                        "m.room.history_visibility": 100,
+                        "m.room.canonical_alias": 100,
+                        "m.room.server_acl": 100,
+                        "m.room.encryption": 100,
+                        "m.room.tombstone": 100,
+                        "m.room.guest_access": 100,
                         "m.room.name": 50,
                         "m.room.topic": 50,
+                        "m.room.avatar": 50,
                     },
                     "redact": levels.moderator_power_level,
                     "state_default": 50,

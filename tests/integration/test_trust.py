@@ -12,7 +12,7 @@ from typing import Iterator
 
 import attrs
 import pytest
-from harness.clients import describe, installed_version, make_venv, pip_install
+from harness.clients import describe, installed_version, make_venv, pip_install, slow_reader
 from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
 from harness.matrix import Client, MatrixError, poll
 from harness.mirror import populate, require_backend
@@ -25,6 +25,7 @@ from synapse_pypi.trust import (
     KEY_TYPE,
     build_content,
     generate_key,
+    key_id,
     parse_public_key,
     public_key_string,
     state_key_for,
@@ -140,7 +141,10 @@ def tm(request, tmp_path_factory) -> Iterator[TrustMirror]:
             "upstream_timeout": "3s",
             "moderators": [f"@mod:{server}"],
             "publishers": [f"@pub:{server}", f"@maint:{server}"],
-            "maintainer_keys": {"pinned-pkg": {f"@maint:{server}": [public_key_string(maintainer_key)]}},
+            "maintainer_keys": {
+                project: {f"@maint:{server}": [public_key_string(maintainer_key)]}
+                for project in ("pinned-pkg", "pinned-late")
+            },
         },
     )
     try:
@@ -404,3 +408,110 @@ def test_pinned_maintainer_outranks_a_tampered_upstream(tm):
     tm.admin.call("POST", "/_synapse/pypi/v1/projects/pinned-pkg/reverify", {})
     status, _, body = tm.get("pinned-pkg", path.name)
     assert status == 200 and hashlib.sha256(body).hexdigest() == good_sha
+
+
+def test_purge_refused_while_the_file_is_sent_changes_nothing(tm):
+    path = tm.add_project("busy-pkg", payload_size=20_000_000)
+    sha = sha256_file(path)
+    assert tm.get("busy-pkg", path.name)[0] == 200
+    url = f"/_synapse/pypi/v1/projects/busy-pkg/files/{path.name}"
+    reader = slow_reader(f"{tm.hs.url}/simple/busy-pkg/{path.name}")
+    try:
+        with pytest.raises(MatrixError) as e:
+            tm.admin.call("DELETE", url)
+        assert e.value.status == 409
+        assert tm.admin.call("GET", f"/_synapse/pypi/v1/files/{sha}")["cached"] is True
+    finally:
+        reader.close()
+
+    def purge() -> dict | None:
+        try:
+            return tm.admin.call("DELETE", url)
+        except MatrixError as e:
+            if e.status == 409:
+                return None
+            raise
+
+    # Once the reader is gone the same purge goes through: the refused one left the file's
+    # mapping in place.
+    result = poll(purge, what="purge after the reader left")
+    assert result["purged"] is True and result["sha256"] == sha
+    assert tm.admin.call("GET", f"/_synapse/pypi/v1/files/{sha}")["cached"] is False
+
+
+def test_a_squatted_alias_is_taken_back_and_the_squatters_room_not_trusted(tm):
+    # A local user binds the alias of a project the mirror has not seen yet, to a room where
+    # they are the creator, and publish a key and a lie there.
+    squatter = Client.register(tm.hs, "squatter")
+    squat = squatter.call("POST", "/_matrix/client/v3/createRoom",
+                          {"preset": "public_chat", "room_alias_name": "pypi-squatted"})["room_id"]
+    path = build_wheel(project_dir(tm.root, "squatted"), "squatted", "1.0")
+    key = generate_key()
+    squatter.send_state(squat, KEY_TYPE, squatter.user_id, {"keys": {key_id(key): verify_key_base64(key)}})
+    lie = build_content(
+        project="squatted", version="1.0", filename=path.name, size=path.stat().st_size, sha256="0" * 64,
+        cid=None, upstream_url=None, requires_python=None, timestamp=1, publisher=squatter.user_id,
+        signing_key=key,
+    )
+    squatter.send_state(squat, ATTESTATION_TYPE, state_key_for(path.name, squatter.user_id), lie)
+
+    status, _, body = tm.get("squatted", path.name)
+    assert status == 200 and body == path.read_bytes()
+    room = tm.room("squatted")
+    assert room != squat
+    create = [e for e in tm.admin.state(room) if e["type"] == "m.room.create"][0]
+    assert create["sender"] == tm.bot
+    poll(lambda: tm.verdicts("squatted", path.name).get(tm.bot) == "valid", what="bot attestation")
+    assert squatter.user_id not in tm.verdicts("squatted", path.name)  # the squatter's room is not read
+    assert "reclaiming the alias" in tm.hs.log_text()
+
+
+def test_moderators_cannot_replumb_the_room(tm):
+    _, room = tm.cache_and_attest("locked")
+    pl = tm.admin.state_event(room, "m.room.power_levels")
+    for etype in ("m.room.join_rules", "m.room.history_visibility", "m.room.canonical_alias",
+                  "m.room.server_acl", "m.room.tombstone"):
+        assert pl["events"][etype] == 100, etype
+    tm.moderator.send_state(room, "m.room.join_rules", "", {"join_rule": "invite"}, expect=403)
+    tm.moderator.send_state(room, "m.room.server_acl", "", {"allow": ["*"], "deny": ["evil.example"]},
+                            expect=403)
+    # What moderators are for still works.
+    tm.moderator.send_state(room, "m.room.topic", "", {"topic": "reviewed"})
+
+
+def test_a_maintainer_vouch_that_contradicts_a_tampered_upstream_is_not_called_fraud(tm):
+    path = tm.add_project("pinned-late", payload_size=20_000)
+    good_sha = sha256_file(path)
+    room = tm.room("pinned-late")
+    tm.maintainer.join(room)
+    upstream_path = tm.upstream.file_path("pinned-late", path.name)
+    replaced = tm.upstream.fault(upstream_path, "replace", content=b"evil" * 5000)
+    try:
+        # The mirror's page now carries the attacker's hash; then the maintainer vouches.
+        tm.admin.call("POST", "/_synapse/pypi/v1/projects/pinned-late/reverify", {})
+        assert http_request(f"{tm.hs.url}/simple/pinned-late/", timeout=60)[0] == 200
+        content = build_content(
+            project="pinned-late", version="1.0", filename=path.name, size=path.stat().st_size, sha256=good_sha,
+            cid=None, upstream_url=None, requires_python=None, timestamp=1, publisher=tm.maintainer.user_id,
+            signing_key=tm.maintainer_key,
+        )
+        tm.maintainer.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, tm.maintainer.user_id), content)
+        poll(lambda: tm.verdicts("pinned-late", path.name).get(tm.maintainer.user_id) == "valid", what="vouch")
+        # A publisher who agrees with the attacker's upstream is the liar here.
+        tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
+                                {"keys": {key_id(tm.publisher_key): verify_key_base64(tm.publisher_key)}})
+        tm.publish(room, path, sha256=replaced["sha256"])
+        flagged = poll(lambda: [f for f in tm.admin.call("GET", "/_synapse/pypi/v1/projects/pinned-late/flagged")
+                                ["flagged"] if f["publisher"] == tm.publisher.user_id], what="publisher flagged")
+        assert flagged[0]["claimed"] == replaced["sha256"] and flagged[0]["truth"] == good_sha
+        flagged_publishers = {f["publisher"] for f in tm.admin.call(
+            "GET", "/_synapse/pypi/v1/projects/pinned-late/flagged")["flagged"]}
+        assert tm.maintainer.user_id not in flagged_publishers
+        assert tm.verdicts("pinned-late", path.name)[tm.maintainer.user_id] == "valid"
+        notice = poll(lambda: [n for n in tm.admin.notices(room) if "Fraudulent" in n and tm.publisher.user_id in n],
+                      what="fraud notice")[0]
+        assert "pinned maintainer" in notice and good_sha in notice
+        status, _, body = tm.get("pinned-late", path.name)
+        assert status == 502 and hashlib.sha256(body).hexdigest() != replaced["sha256"]
+    finally:
+        tm.upstream.clear_faults()
