@@ -21,7 +21,13 @@ from twisted.internet import defer
 from synapse_pypi._backends import Backends
 from synapse_pypi._context import fire_all
 from synapse_pypi._store import Store
-from synapse_pypi._upstream import UpstreamBadResponse, UpstreamClient, UpstreamError, UpstreamUnreachable
+from synapse_pypi._upstream import (
+    TooLarge,
+    UpstreamBadResponse,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamUnreachable,
+)
 from synapse_pypi.storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -109,6 +115,11 @@ class LocalCache:
 
     def has(self, sha256: str) -> bool:
         return sha256 in self._sizes
+
+    @property
+    def max_size(self) -> int:
+        """The disk budget: no file larger than this can be cached."""
+        return self._max_size
 
     def size_of(self, sha256: str) -> Optional[int]:
         return self._sizes.get(sha256)
@@ -341,20 +352,29 @@ class FileService:
         wanted = dl.wanted
         assert wanted.sha256 is not None and self._backends is not None
         refs = await self._store.refs_for(wanted.sha256)
+        # A backend (or whoever recorded the reference) may send anything: no more bytes
+        # than the file has, or than could ever be cached, reach the disk.
+        limit = wanted.size if wanted.size is not None else self._cache.max_size
         for backend, reference in self._backends.readers_for(refs):
             hasher = hashlib.sha256()
             os.ftruncate(fd, 0)
             dl.written = 0
 
             def on_data(data: bytes, hasher: Any = hasher) -> None:
+                if dl.written + len(data) > limit:
+                    raise TooLarge(f"more than the {limit} bytes expected")
                 hasher.update(data)
                 os.pwrite(fd, data, dl.written)
                 dl.written += len(data)
 
             try:
                 await backend.fetch(wanted.sha256, reference, on_data)
-            except StorageError as e:
+            except (StorageError, TooLarge) as e:
                 logger.warning("%s: %s could not give %s: %s", wanted.filename, backend.describe(), reference, e)
+                continue
+            except Exception:
+                # Someone else's backend failing in its own way: the next source still gets its turn.
+                logger.exception("%s: %s failed fetching %s", wanted.filename, backend.describe(), reference)
                 continue
             got = hasher.hexdigest()
             if got != wanted.sha256 or (wanted.size is not None and dl.written != wanted.size):
@@ -402,7 +422,10 @@ class FileService:
             dl.written += len(data)
             dl._notify()
 
-        await self._upstream.read_body(wanted.url, response, on_data)
+        # Without a size from the index or the response, a file larger than the whole cache
+        # could never be kept: stop there rather than fill the disk.
+        limit = dl.length if dl.length is not None else self._cache.max_size
+        await self._upstream.read_body(wanted.url, response, on_data, max_size=limit)
         got = hasher.hexdigest()
         if dl.length is not None and dl.written != dl.length:
             raise ChecksumError(wanted.url, f"{wanted.filename}: got {dl.written} bytes, expected {dl.length}")

@@ -77,6 +77,11 @@ class _Timeout(Exception):
     pass
 
 
+class TooLarge(Exception):
+    """Raised by a body consumer that has had more bytes than the file can have; the
+    transfer stops there, without a traceback in the log."""
+
+
 class _BodyReader(Protocol):
     """Feeds a response body to `on_data`, with an idle timeout and a size cap.
 
@@ -130,6 +135,8 @@ class _BodyReader(Protocol):
         self._arm()
         try:
             self.on_data(data)
+        except TooLarge as e:
+            self._fail(UpstreamBadResponse(self.url, str(e)))
         except Exception as e:
             logger.exception("error consuming body of %s", self.url)
             self._fail(UpstreamBadResponse(self.url, f"could not store the body: {e}"))

@@ -112,7 +112,8 @@ class StorageBackend:
         """Stream the file's bytes into `write`, chunk by chunk, as they arrive.
 
         The caller hashes what it is given and rejects a file whose sha256 is not
-        `sha256`; a backend need not verify, but must not buffer the whole file.
+        `sha256`; a backend need not verify, but must not buffer the whole file. `write`
+        raises once it has had more bytes than the file can have: let that propagate.
 
         Raises:
             StorageUnavailable: the service is down.

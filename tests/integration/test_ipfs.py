@@ -4,6 +4,7 @@ over bitswap."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -187,7 +188,12 @@ def test_kubo_backend_adds_pins_survives_outage_and_serves(synapse_factory, upst
     upstream.start()
     status, _, body = get_file(hs, "gamma", gamma.name)
     assert status == 200 and body == gamma.read_bytes()
-    assert re.search(rf"{re.escape(gamma.name)}: content of {cid} from kubo at \S+ rejected", hs.log_text())
+    # Refused by its hash, or by its size where the other file is the longer one.
+    assert re.search(
+        rf"{re.escape(gamma.name)}: (content of {cid} from kubo at \S+ rejected"
+        rf"|kubo at \S+ could not give {cid}: .*more than the)",
+        hs.log_text(),
+    )
 
 
 def test_two_homeservers_share_files_over_bitswap(synapse_factory, upstream_factory, dists_dir, kubo_factory, tmp_path):
@@ -254,4 +260,17 @@ def test_gateway_backend_reads_verified(synapse_factory, dists_dir, kubo_factory
     teach(wrong, other_cid)
     status, _, body = get_file(hs, "viagw", wrong.name)
     assert status == 502
-    assert "rejected" in hs.log_text()
+    # Refused by its hash, or, if the other file is the longer one, by its size.
+    assert re.search(rf"{re.escape(wrong.name)}: .*(rejected: sha256|more than the)", hs.log_text())
+
+    # A CID that leads to far more bytes than the file has: the transfer stops at the
+    # file's size instead of filling the disk, and nothing is cached.
+    huge_cid = node.add(os.urandom(8_000_000))["Hash"]
+    small = build_wheel(project_dir(dists_dir, "viagw"), "viagw", "3.0", payload_size=1_000)
+    teach(small, huge_cid)
+    status, _, body = get_file(hs, "viagw", small.name)
+    assert status == 502
+    size = small.stat().st_size
+    assert re.search(rf"{re.escape(small.name)}: gateway at \S+ could not give {huge_cid}: .*more than the {size} bytes",
+                     hs.log_text()), hs.log_text()[-3000:]
+    assert file_status(hs, token, sha256_file(small))["cached"] is False
