@@ -44,6 +44,9 @@ class PyPIConfig:
     upstream_url: str
     page_ttl_ms: int = 10 * 60 * 1000
     upstream_timeout_s: float = 30.0
+    # After the upstream was unreachable or timed out: how long pages come from what we
+    # have before the upstream is asked again.
+    upstream_retry_ms: int = 10_000
     max_page_size: int = 64 * 1024**2
     max_cache_size: int = 10 * 1024**3
     storage_providers: Tuple[StorageProviderConfig, ...] = ()
@@ -90,6 +93,7 @@ KNOWN_KEYS = frozenset(
         "upstream_url",
         "page_ttl",
         "upstream_timeout",
+        "upstream_retry_interval",
         "max_page_size",
         "max_cache_size",
     }
@@ -237,6 +241,8 @@ def parse_config(config: Any) -> PyPIConfig:
         kwargs["page_ttl_ms"] = parse_duration_ms(config["page_ttl"], "page_ttl")
     if "upstream_timeout" in config:
         kwargs["upstream_timeout_s"] = parse_positive_duration_ms(config["upstream_timeout"], "upstream_timeout") / 1000
+    if "upstream_retry_interval" in config:
+        kwargs["upstream_retry_ms"] = parse_duration_ms(config["upstream_retry_interval"], "upstream_retry_interval")
     if "max_page_size" in config:
         kwargs["max_page_size"] = parse_size(config["max_page_size"], "max_page_size")
         if kwargs["max_page_size"] < 1024:

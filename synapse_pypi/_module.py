@@ -66,6 +66,7 @@ class PyPIModule:
             make_deferred_yieldable,
             fallback=self._page_without_upstream,
             defer_to_thread=api.defer_to_thread,
+            retry_ms=config.upstream_retry_ms,
         )
         self._files = FileService(
             self._cache, self._store, self._upstream, api.run_as_background_process, self._backends

@@ -23,6 +23,8 @@ from synapse_pypi._upstream import (
     UpstreamClient,
     UpstreamError,
     UpstreamNotFound,
+    UpstreamTimeout,
+    UpstreamUnreachable,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,9 @@ class PageService:
         clock: milliseconds since the epoch.
         fallback: builds a page without the upstream (from files known otherwise),
             used when the upstream cannot be asked and nothing is cached.
+        retry_ms: after the upstream failed, how long requests are answered from what we
+            have without asking it again (one slow or refused attempt per interval, not
+            one per request).
     """
 
     def __init__(
@@ -82,7 +87,10 @@ class PageService:
         clock: Optional[Callable[[], int]] = None,
         fallback: Optional[Callable[[str], Awaitable[Optional[index.ProjectPage]]]] = None,
         defer_to_thread: Optional[Callable[..., Awaitable[Any]]] = None,
+        retry_ms: int = 10_000,
     ):
+        self._retry_ms = retry_ms
+        self._last_failure = 0
         self._fallback = fallback
         self._defer_to_thread = defer_to_thread
         self._store = store
@@ -132,7 +140,9 @@ class PageService:
         return await self._store.delete_page(name)
 
     def expire(self, name: str) -> None:
-        """Make the next request for `name` revalidate with the upstream."""
+        """Make the next request for `name` revalidate with the upstream, even during an
+        outage (the admin's re-verify asks the upstream now, whatever failed before)."""
+        self._last_failure = 0
         entry = self._memory.get(name)
         if entry is not None:
             self._memory[name] = _Entry(attrs.evolve(entry.stored, fetched_at=0), entry.page)
@@ -170,7 +180,18 @@ class PageService:
         entry = await self._load(key)
         if entry is not None and self._now() - entry.stored.fetched_at < self._ttl:
             return entry, False
+        if self.in_outage():
+            # The upstream failed moments ago: answer from what we have, at once.
+            if entry is not None:
+                return entry, True
+            built = await self._fallback(key) if (self._fallback and key != ROOT) else None
+            if built is not None:
+                return _Entry(StoredPage(key, "", None, None, 0), built), True
         return await self._flights.run(key, lambda: self._refresh(key))
+
+    def in_outage(self) -> bool:
+        """Whether the upstream failed less than `retry_ms` ago (and has not answered since)."""
+        return self._offline_since is not None and self._now() - self._last_failure < self._retry_ms
 
     async def _refresh(self, key: str) -> Tuple[_Entry, bool]:
         # Read again inside the flight: another flight may just have stored it.
@@ -225,6 +246,9 @@ class PageService:
         return entry, False
 
     def _went_offline(self, e: UpstreamError) -> None:
+        if isinstance(e, (UpstreamUnreachable, UpstreamTimeout)):
+            # The whole upstream is down or hangs, not just this page: remember it.
+            self._last_failure = self._now()
         # One warning per outage, not one per request.
         if self._offline_since is None:
             self._offline_since = self._now()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from harness.dists import build_wheel, project_dir, sha256_file
+from harness.matrix import poll
+from harness.mirror import populate
 
 pytestmark = pytest.mark.synapse
 
@@ -147,3 +149,47 @@ def test_unreachable_upstream_without_cache_is_502(synapse_factory):
     hs = synapse_factory()  # the harness default upstream is a dead loopback port
     status, _, body = hs.request("GET", "/simple/alpha/")
     assert status == 502 and "cannot connect" in _one_line(body)
+
+
+def test_an_outage_is_remembered_instead_of_waited_out_on_every_request(
+        synapse_factory, upstream_factory, dists_dir):
+    populate(dists_dir)
+    upstream = upstream_factory()
+    # TTL 0: without the outage remembered, every page request would ask the upstream,
+    # and with it hanging, wait upstream_timeout each time.
+    hs = synapse_factory(module_config={
+        "upstream_url": upstream.url, "page_ttl": 0, "upstream_timeout": "2s", "upstream_retry_interval": "1h",
+    })
+    for project in ("alpha", "beta"):
+        assert hs.request("GET", f"/simple/{project}/")[0] == 200
+    upstream.fault("/simple/*", "timeout")  # the upstream accepts connections and never answers
+    upstream.reset_hits()
+    status, _, body = hs.request("GET", "/simple/alpha/")
+    assert status == 200 and b"alpha-" in body  # the cached page, after one timed-out attempt
+    assert upstream.hit_count("/simple/alpha/") == 1
+    for _ in range(3):
+        for project in ("alpha", "beta"):
+            status, _, body = hs.request("GET", f"/simple/{project}/")
+            assert status == 200 and f"{project}-".encode() in body
+    assert upstream.hit_count("/simple/alpha/") == 1 and upstream.hit_count("/simple/beta/") == 0
+
+
+def test_after_the_retry_interval_the_upstream_is_asked_again(synapse_factory, upstream_factory, dists_dir):
+    populate(dists_dir)
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={
+        "upstream_url": upstream.url, "page_ttl": 0, "upstream_timeout": "2s", "upstream_retry_interval": "1s",
+    })
+    assert hs.request("GET", "/simple/alpha/")[0] == 200
+    upstream.fault("/simple/*", "status", status=503)
+    upstream.reset_hits()
+    assert hs.request("GET", "/simple/alpha/")[0] == 200
+    assert upstream.hit_count("/simple/alpha/") == 1
+    upstream.clear_faults()
+
+    def asked_again() -> bool:
+        assert hs.request("GET", "/simple/alpha/")[0] == 200
+        return upstream.hit_count("/simple/alpha/") >= 2
+
+    poll(asked_again, what="the upstream asked again after the interval")
+    poll(lambda: "upstream reachable again" in hs.log_text(), what="back online logged")

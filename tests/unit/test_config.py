@@ -15,6 +15,7 @@ def test_full_config_parses_to_expected_object():
             **BASE,
             "page_ttl": "5m",
             "upstream_timeout": "2s",
+            "upstream_retry_interval": "1m",
             "max_page_size": "1M",
             "max_cache_size": "3G",
         }
@@ -24,6 +25,7 @@ def test_full_config_parses_to_expected_object():
         upstream_url="http://127.0.0.1:9/simple/",
         page_ttl_ms=300_000,
         upstream_timeout_s=2.0,
+        upstream_retry_ms=60_000,
         max_page_size=1024**2,
         max_cache_size=3 * 1024**3,
         signing_key_path="/var/lib/x/attestation_signing.key",
@@ -34,6 +36,7 @@ def test_defaults():
     got = parse_config(dict(BASE))
     assert got.page_ttl_ms == 600_000
     assert got.upstream_timeout_s == 30.0
+    assert got.upstream_retry_ms == 10_000
     assert got.max_cache_size == 10 * 1024**3
     assert got.max_page_size == 64 * 1024**2
 
@@ -57,6 +60,8 @@ def test_config_is_frozen():
         ({"page_ttl": True}, "page_ttl", "duration"),
         ({"upstream_timeout": "0s"}, "upstream_timeout", "greater than zero"),
         ({"upstream_timeout": "200ms x"}, "upstream_timeout", "duration"),
+        ({"upstream_retry_interval": "soon"}, "upstream_retry_interval", "duration"),
+        ({"upstream_retry_interval": -1}, "upstream_retry_interval", "negative"),
         ({"max_cache_size": "lots"}, "max_cache_size", "size"),
         ({"max_cache_size": -5}, "max_cache_size", "negative"),
         ({"max_page_size": "12"}, "max_page_size", "at least 1K"),
