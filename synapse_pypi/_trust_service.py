@@ -273,19 +273,9 @@ class TrustService:
         alias = self.alias_for(pt.project, peer)
         started = time.monotonic()
         try:
-            room_id, servers = await self._bounded(self._api.lookup_room_alias(alias))
-            membership = await self._api.get_room_state(room_id, [("m.room.member", self.bot)])
-            member = membership.get(("m.room.member", self.bot))
-            if member is None or dict(member.content).get("membership") != "join":
-                await self._bounded(
-                    self._api.update_room_membership(
-                        sender=self.bot,
-                        target=self.bot,
-                        room_id=room_id,
-                        new_membership="join",
-                        remote_room_hosts=[peer] + [s for s in servers if s != peer],
-                    )
-                )
+            # One bound for the lookup and the join together: `peer_timeout` is the most a
+            # peer can add to a request.
+            room_id = await self._bounded(self._find_and_join(alias, peer))
             room = await self._read_room(pt.project, room_id, local=False, alias=alias)
         except Exception as e:
             pt.peer_misses[peer] = time.monotonic()
@@ -305,6 +295,20 @@ class TrustService:
             time.monotonic() - started,
             len(room.files),
         )
+
+    async def _find_and_join(self, alias: str, peer: str) -> str:
+        room_id, servers = await self._api.lookup_room_alias(alias)
+        membership = await self._api.get_room_state(room_id, [("m.room.member", self.bot)])
+        member = membership.get(("m.room.member", self.bot))
+        if member is None or dict(member.content).get("membership") != "join":
+            await self._api.update_room_membership(
+                sender=self.bot,
+                target=self.bot,
+                room_id=room_id,
+                new_membership="join",
+                remote_room_hosts=[peer] + [s for s in servers if s != peer],
+            )
+        return room_id
 
     async def _bounded(self, awaitable: Any) -> Any:
         """Await a Synapse call for at most `peer_timeout`: a slow or dead peer must never
@@ -399,6 +403,11 @@ class TrustService:
                 sha = hashes["sha256"][:64]
         record = Record(ev.event_id, publisher, ev.sender, verdict, sha, cid, reason, content)
         old = view.files.setdefault(filename, {}).get(publisher)
+        if ev.sender != publisher and old is not None and old.verdict is Verdict.VALID:
+            # Someone wrote into another publisher's slot. Matrix lets anyone with the power
+            # level do that; it must not erase the owner's vouch. The owner's signed
+            # attestation stays relied on, and the intruder's event is only reported.
+            return record
         if old is not None:
             view.by_event.pop(old.event_id, None)
         view.files[filename][publisher] = record
@@ -471,6 +480,8 @@ class TrustService:
             filename = state_key
         if rec.verdict not in (Verdict.VALID, Verdict.REDACTED):
             await self.report_invalid(room, filename, rec)
+            if rec.publisher == self.bot:
+                await self._restore_own(room, filename)
             return
         if rec.verdict is not Verdict.VALID or self.lookup_upstream is None or not rec.sha256:
             return
@@ -482,6 +493,28 @@ class TrustService:
         if any(p == rec.publisher for p, _ in decision.fraud) and rec.event_id not in self._handled:
             self._handled.add(rec.event_id)
             await self._flag_fraud(room, filename, rec, rec.sha256, decision)
+
+    async def _restore_own(self, room: RoomView, filename: str) -> None:
+        """Someone overwrote our slot: send our attestation again, so that the room's
+        state (what peers and a restarted server read) carries it again."""
+        mine = room.files.get(filename, {}).get(self.bot)
+        if mine is None or mine.verdict is not Verdict.VALID or mine.sender != self.bot:
+            return
+        try:
+            ev = await self._api.create_and_send_event_into_room(
+                {
+                    "type": ATTESTATION_TYPE,
+                    "room_id": room.room_id,
+                    "sender": self.bot,
+                    "state_key": state_key_for(filename, self.bot),
+                    "content": mine.content,
+                }
+            )
+        except Exception as e:
+            logger.warning("could not restore our attestation of %s in %s: %s", filename, room.room_id, e)
+            return
+        self._read_attestation(room, ev)
+        logger.info("restored our attestation of %s in %s after someone overwrote it", filename, room.room_id)
 
     # -- the serve policy ------------------------------------------------------------
 
@@ -752,6 +785,18 @@ class TrustService:
         self._read_attestation(view, ev)
         logger.info("attested %s/%s sha256 %s cid %s", project, dist.filename, sha256, cid)
 
+    # -- references from attestations ------------------------------------------------
+
+    async def learn_references(self, project: str, filename: str, sha256: str) -> None:
+        """Record the CIDs that valid attestations of exactly these bytes carry, so the
+        read path can fetch the file from IPFS (whatever the page came from)."""
+        pt = self._projects.get(project)
+        if pt is None:
+            return
+        for _, r in pt.records(filename):
+            if r.verdict is Verdict.VALID and r.sha256 == sha256 and r.cid:
+                await self._store.add_ref_if_missing(sha256, "cid", r.cid, f"attestation by {r.publisher}")
+
     # -- offline pages ---------------------------------------------------------------
 
     async def page_from_room(self, project: str) -> Optional[index.ProjectPage]:
@@ -771,9 +816,7 @@ class TrustService:
             rp = first.get("requires_python") if isinstance(first.get("requires_python"), str) else None
             if len(hashes) == 1:
                 sha = hashes.pop()
-                for r in valid:
-                    if r.cid:
-                        await self._store.add_ref_if_missing(sha, "cid", r.cid, f"attestation by {r.publisher}")
+                await self.learn_references(project, filename, sha)
                 files.append(index.DistFile(filename=filename, url="", hashes={"sha256": sha}, requires_python=rp, size=size))
             else:
                 files.append(index.DistFile(filename=filename, url="", hashes={}, requires_python=rp))

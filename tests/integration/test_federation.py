@@ -89,7 +89,10 @@ def fed(tmp_path_factory) -> Iterator[Federation]:
         a = SynapseServer(
             base / "hs-a", federation_port=fa, federation_names=[name_b],
             module_config={
-                "upstream_url": upstream.url, "upstream_timeout": "3s", "storage_providers": storage(node_a),
+                # The tests switch the upstream off and on between steps: both mirrors must
+                # notice at once, not after upstream_retry_interval.
+                "upstream_url": upstream.url, "upstream_timeout": "3s", "upstream_retry_interval": 0,
+                "storage_providers": storage(node_a),
                 "signing_key_path": str(key_a_path),
                 "moderators": [f"@mod:{name_a}"], "publishers": [f"@liar:{name_a}"],
             },
@@ -98,7 +101,8 @@ def fed(tmp_path_factory) -> Iterator[Federation]:
         b = SynapseServer(
             base / "hs-b", federation_port=fb, federation_names=[name_a],
             module_config={
-                "upstream_url": upstream.url, "upstream_timeout": "3s", "storage_providers": storage(node_b),
+                "upstream_url": upstream.url, "upstream_timeout": "3s", "upstream_retry_interval": 0,
+                "storage_providers": storage(node_b),
                 "peers": [name_a],
                 "trusted_keys": {f"@pypi-bot:{name_a}": [public_key_string(key_a)],
                                  f"@liar:{name_a}": [public_key_string(liar_key)]},
@@ -274,3 +278,27 @@ def test_dead_and_hanging_peers_do_not_hold_requests(synapse_factory, upstream_f
         hang.close()
         for conn in accepted:
             conn.close()
+
+
+def test_b_with_a_cached_page_fetches_an_uncached_file_by_a_attested_cid(fed):
+    from harness.dists import build_wheel, project_dir
+
+    path = build_wheel(project_dir(fed.root, "epsilon"), "epsilon", "1.0", payload_size=100_000)
+    sha = sha256_file(path)
+    assert http_request(f"{fed.a.url}/simple/epsilon/{path.name}", timeout=60)[0] == 200
+    poll(lambda: [a for a in fed.status(fed.a, fed.admin_a, "epsilon", path.name)["attestations"]
+                  if a["publisher"] == fed.bot(fed.a) and a["verdict"] == "valid" and a["cid"]],
+         timeout=60, what="A attests with a CID")
+    # B caches the page (from the upstream) and sees A's attestation, but not the file.
+    assert http_request(f"{fed.b.url}/simple/epsilon/", timeout=60)[0] == 200
+    poll(lambda: any(a["publisher"] == fed.bot(fed.a) and a["cid"]
+                     for a in fed.status(fed.b, fed.admin_b, "epsilon", path.name)["attestations"]),
+         what="B sees A's CID")
+    assert fed.admin_b.call("GET", f"/_synapse/pypi/v1/files/{sha}")["cached"] is False
+    fed.upstream.stop()
+    try:
+        status, _, body = http_request(f"{fed.b.url}/simple/epsilon/{path.name}", timeout=60)
+        assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+        assert f"{path.name}: fetched from kubo" in fed.b.log_text()
+    finally:
+        fed.upstream.start()

@@ -139,11 +139,13 @@ def tm(request, tmp_path_factory) -> Iterator[TrustMirror]:
         module_config={
             "upstream_url": upstream.url,
             "upstream_timeout": "3s",
+            # Tests stop and start the upstream: the next test must find it answered at once.
+            "upstream_retry_interval": 0,
             "moderators": [f"@mod:{server}"],
             "publishers": [f"@pub:{server}", f"@maint:{server}"],
             "maintainer_keys": {
                 project: {f"@maint:{server}": [public_key_string(maintainer_key)]}
-                for project in ("pinned-pkg", "pinned-late")
+                for project in ("pinned-pkg", "pinned-late", "pinned-slot")
             },
         },
     )
@@ -265,14 +267,24 @@ def test_invalid_attestations_are_reported_and_never_served(tm, case, verdict):
                    "hashes": {"sha256": wrong, "other": "y" * 20000}, "timestamp": 1,
                    "publisher": tm.publisher.user_id, "signatures": {}, "junk": "x" * 20000}
     tm.publish(room, path, content=content, slot=slot)
-    publisher_slot = slot or tm.publisher.user_id
-    poll(lambda: tm.verdicts(name, path.name).get(publisher_slot) in (verdict, "redacted"), what=verdict)
+    if case == "impersonation":
+        # Written into the bot's slot: reported, and the bot's own attestation, kept all
+        # along, is sent again so that the room's state carries it.
+        poll(lambda: [f for f in tm.admin.call("GET", f"/_synapse/pypi/v1/projects/{name}/flagged")["flagged"]
+                      if f["kind"] == "impersonation"], what="impersonation reported")
+        restored = poll(lambda: tm.admin.state_event(room, ATTESTATION_TYPE, state_key_for(path.name, tm.bot))
+                        .get("publisher") == tm.bot, what="the bot's slot restored")
+        assert restored
+        content = tm.admin.state_event(room, ATTESTATION_TYPE, state_key_for(path.name, tm.bot))
+        assert content["hashes"]["sha256"] == sha256_file(path)
+    else:
+        poll(lambda: tm.verdicts(name, path.name).get(tm.publisher.user_id) in (verdict, "redacted"), what=verdict)
     notice = poll(lambda: [n for n in tm.admin.notices(room) if "Invalid attestation" in n], what="report")[0]
     assert path.name in notice and tm.publisher.user_id in notice
-    # Never wrong bytes; the bot's own vouch still stands (impersonation did not replace it).
+    # Never wrong bytes; the bot's own vouch still stands.
     status, _, body = tm.get(name, path.name)
     assert status == 200 and body == path.read_bytes()
-    assert tm.verdicts(name, path.name).get(tm.bot) == "valid" or case == "impersonation"
+    assert tm.verdicts(name, path.name).get(tm.bot) == "valid"
 
 
 def test_moderator_redaction_takes_effect_and_the_next_serve_attests_again(tm):
@@ -512,6 +524,35 @@ def test_a_maintainer_vouch_that_contradicts_a_tampered_upstream_is_not_called_f
                       what="fraud notice")[0]
         assert "pinned maintainer" in notice and good_sha in notice
         status, _, body = tm.get("pinned-late", path.name)
+        assert status == 502 and hashlib.sha256(body).hexdigest() != replaced["sha256"]
+    finally:
+        tm.upstream.clear_faults()
+
+
+def test_a_publisher_writing_into_the_maintainers_slot_does_not_erase_the_vouch(tm):
+    path = tm.add_project("pinned-slot", payload_size=20_000)
+    good_sha = sha256_file(path)
+    room = tm.room("pinned-slot")
+    tm.maintainer.join(room)
+    content = build_content(
+        project="pinned-slot", version="1.0", filename=path.name, size=path.stat().st_size, sha256=good_sha,
+        cid=None, upstream_url=None, requires_python=None, timestamp=1, publisher=tm.maintainer.user_id,
+        signing_key=tm.maintainer_key,
+    )
+    tm.maintainer.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, tm.maintainer.user_id), content)
+    poll(lambda: tm.verdicts("pinned-slot", path.name).get(tm.maintainer.user_id) == "valid", what="vouch")
+    # Another publisher (with the power to send attestations) writes into the maintainer's slot.
+    tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
+                            {"keys": {key_id(tm.publisher_key): verify_key_base64(tm.publisher_key)}})
+    tm.publish(room, path, sha256="ef" * 32, slot=tm.maintainer.user_id)
+    poll(lambda: [f for f in tm.admin.call("GET", "/_synapse/pypi/v1/projects/pinned-slot/flagged")["flagged"]
+                  if f["kind"] == "impersonation"], what="impersonation reported")
+    assert tm.verdicts("pinned-slot", path.name)[tm.maintainer.user_id] == "valid"
+    # The maintainer's vouch still protects the file against a tampered upstream.
+    replaced = tm.upstream.fault(tm.upstream.file_path("pinned-slot", path.name), "replace", content=b"bad" * 7000)
+    try:
+        tm.admin.call("DELETE", "/_synapse/pypi/v1/projects/pinned-slot/page")
+        status, _, body = tm.get("pinned-slot", path.name)
         assert status == 502 and hashlib.sha256(body).hexdigest() != replaced["sha256"]
     finally:
         tm.upstream.clear_faults()
