@@ -227,6 +227,11 @@ class TrustService:
             raise
         room = await self._read_room(project, room_id, local=True, alias=alias)
         if room.creator == self.bot:
+            if self._key_id not in room.room_keys.get(self.bot, {}):
+                # The key was rotated: the room must name the key we sign with now, and
+                # only that one, so attestations made with the old key stop counting (the
+                # bot attests again as files are served).
+                await self._publish_key(room)
             return room
         # Someone else bound our alias to a room of theirs, where they hold unlimited power:
         # nothing in it is trusted. The alias namespace is the mirror's: take it back, and
@@ -617,6 +622,10 @@ class TrustService:
         if rec.event_id in self._handled:
             return
         self._handled.add(rec.event_id)
+        if rec.sender == self.bot and rec.publisher == self.bot and rec.verdict is Verdict.UNKNOWN_KEY:
+            # Signed with our own previous key: we attest again when the file is served.
+            logger.info("our attestation of %s in %s is signed with a previous key", filename, room.room_id)
+            return
         self.reported_count += 1
         text = (
             f"Invalid attestation for {filename} in the slot of {rec.publisher} (sent by {rec.sender}): {rec.reason}."
@@ -717,17 +726,25 @@ class TrustService:
             ratelimit=False,
         )
         logger.info("created package room %s for %s", room_id, project)
-        await self._api.create_and_send_event_into_room(
+        room = await self._read_room(project, room_id, local=True, alias=self.alias_for(project))
+        await self._publish_key(room)
+        pt.local = room
+        return pt
+
+    async def _publish_key(self, room: RoomView) -> None:
+        """Publish this server's attestation key in the bot's key slot of `room`."""
+        ev = await self._api.create_and_send_event_into_room(
             {
                 "type": KEY_TYPE,
-                "room_id": room_id,
+                "room_id": room.room_id,
                 "sender": self.bot,
                 "state_key": self.bot,
                 "content": {"keys": {self._key_id: verify_key_base64(self._key)}},
             }
         )
-        pt.local = await self._read_room(project, room_id, local=True, alias=self.alias_for(project))
-        return pt
+        self._read_keys(room, ev)
+        self._reverify_all(room)
+        logger.info("published key %s in %s", self._key_id, room.room_id)
 
     # -- our own attestations --------------------------------------------------------
 

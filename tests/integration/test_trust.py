@@ -556,3 +556,44 @@ def test_a_publisher_writing_into_the_maintainers_slot_does_not_erase_the_vouch(
         assert status == 502 and hashlib.sha256(body).hexdigest() != replaced["sha256"]
     finally:
         tm.upstream.clear_faults()
+
+
+def test_a_rotated_key_replaces_the_old_one_and_the_bot_attests_again(synapse_factory, upstream_factory, dists_dir):
+    from synapse_pypi.trust import load_key
+
+    path = build_wheel(project_dir(dists_dir, "rotated"), "rotated", "1.0")
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url})
+    admin = Client.register(hs, "admin", admin=True)
+    bot = f"@pypi-bot:{hs.server_name}"
+    url = f"{hs.url}/simple/rotated/{path.name}"
+    status_path = f"/_synapse/pypi/v1/projects/rotated/files/{path.name}"
+
+    def bot_attestation() -> dict | None:
+        for a in admin.call("GET", status_path)["attestations"]:
+            if a["publisher"] == bot:
+                return a
+        return None
+
+    assert http_request(url, timeout=60)[0] == 200
+    old = poll(lambda: (a := bot_attestation()) and a["verdict"] == "valid" and a, what="first attestation")
+    key_file = hs.data_directory / "attestation_signing.key"
+    old_key = load_key(str(key_file))
+    hs.stop()
+    key_file.unlink()  # the admin rotates the key: a new one is made at start
+    hs.start()
+    new_key = load_key(str(key_file))
+    assert key_id(new_key) != key_id(old_key) or verify_key_base64(new_key) != verify_key_base64(old_key)
+
+    status, _, body = http_request(url, timeout=60)  # a cache hit
+    assert status == 200 and body == path.read_bytes()
+    room = admin.room_id(f"#pypi-rotated:{hs.server_name}")
+    admin.join(room)
+    # The room names the new key only; the bot's attestation is made again with it.
+    assert admin.state_event(room, KEY_TYPE, bot)["keys"] == {key_id(new_key): verify_key_base64(new_key)}
+    new = poll(lambda: (a := bot_attestation()) and a["verdict"] == "valid" and a["event_id"] != old["event_id"]
+               and a, what="attested again")
+    content = admin.state_event(room, ATTESTATION_TYPE, state_key_for(path.name, bot))
+    verify_signed_json(content, bot, new_key.verify_key)
+    assert new["sha256"] == sha256_file(path)
+    assert not [n for n in admin.notices(room) if "Invalid attestation" in n]
