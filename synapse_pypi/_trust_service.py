@@ -71,6 +71,7 @@ class RoomView:
     room_keys: Dict[str, Dict[str, Any]] = attrs.Factory(dict)  # mxid -> key id -> VerifyKey
     by_event: Dict[str, Tuple[str, str]] = attrs.Factory(dict)  # event id -> (filename, publisher)
     creator: Optional[str] = None
+    bot_joined: bool = False
 
     def level(self, user: str) -> int:
         if user == self.creator:
@@ -226,24 +227,32 @@ class TrustService:
                 return None
             raise
         room = await self._read_room(project, room_id, local=True, alias=alias)
-        if room.creator == self.bot:
+        if room.creator == self.bot and room.bot_joined:
             if self._key_id not in room.room_keys.get(self.bot, {}):
                 # The key was rotated: the room must name the key we sign with now, and
                 # only that one, so attestations made with the old key stop counting (the
                 # bot attests again as files are served).
-                await self._publish_key(room)
+                try:
+                    await self._publish_key(room)
+                except Exception as e:
+                    logger.warning("could not publish our key in %s: %s", room_id, e)
             return room
-        # Someone else bound our alias to a room of theirs, where they hold unlimited power:
-        # nothing in it is trusted. The alias namespace is the mirror's: take it back, and
-        # the project gets a room of the bot's own.
         self._rooms.pop(room_id, None)
-        logger.warning(
-            "%s points at %s, created by %s and not by %s: ignoring that room and reclaiming the alias",
-            alias,
-            room_id,
-            room.creator,
-            self.bot,
-        )
+        if room.creator == self.bot:
+            # A room whose creation was cut short (Synapse stopped after binding the alias,
+            # before the bot's join): nothing can be posted there. Start again.
+            logger.warning("%s points at %s, which was never finished: making a new room", alias, room_id)
+        else:
+            # Someone else bound our alias to a room of theirs, where they hold unlimited
+            # power: nothing in it is trusted. The alias namespace is the mirror's: take it
+            # back, and the project gets a room of the bot's own.
+            logger.warning(
+                "%s points at %s, created by %s and not by %s: ignoring that room and reclaiming the alias",
+                alias,
+                room_id,
+                room.creator,
+                self.bot,
+            )
         await self._unbind_alias(alias)
         return None
 
@@ -351,6 +360,8 @@ class TrustService:
         create = state.get(("m.room.create", ""))
         if create is not None:
             view.creator = create.sender
+        member = state.get(("m.room.member", self.bot))
+        view.bot_joined = member is not None and dict(member.content).get("membership") == "join"
         self._read_power(view, state.get((POWER_LEVELS, "")))
         view.room_keys = {}
         for (etype, _skey), ev in state.items():
