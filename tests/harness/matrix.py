@@ -85,3 +85,32 @@ def poll(cond: Callable[[], Any], timeout: float = 60, what: str = "condition") 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not met within {timeout}s")
         time.sleep(0.05)  # polling interval
+
+
+def join_when_ready(client: Client, alias: str) -> str:
+    """Wait for a package room's alias, then join the room once it is joinable; its id.
+
+    The module binds the alias before the room is fully made: until then a join is refused
+    (403 "not invited" while the join rules are not sent, 404 while the creation events are
+    not persisted, seen on PostgreSQL)."""
+
+    def lookup() -> str | None:
+        try:
+            return client.room_id(alias)
+        except MatrixError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def join() -> bool:
+        try:
+            client.join(room_id)
+            return True
+        except MatrixError as e:
+            if e.status in (403, 404):
+                return False
+            raise
+
+    room_id = poll(lookup, what=f"room {alias}")
+    poll(join, what=f"room {alias} joinable")
+    return room_id

@@ -15,7 +15,7 @@ from typing import Iterator
 import attrs
 import pytest
 from harness.dists import build_sdist, build_wheel, project_dir, sha256_file, wheel_filename
-from harness.matrix import Client, MatrixError, poll
+from harness.matrix import Client, join_when_ready, poll
 from harness.synapse import SynapseServer, free_port
 from harness.upstream import UpstreamServer, http_request
 from signedjson.sign import verify_signed_json
@@ -66,9 +66,7 @@ class Maint:
     def serve(self, project: str) -> str:
         """Fetch the project's page through the homeserver; return its room once joinable."""
         assert http_request(f"{self.hs.url}/simple/{project}/", timeout=60)[0] == 200
-        room_id = poll(lambda: _try_room(self.admin, self.alias(project)), what=f"room of {project}")
-        # The alias is bound before the room is fully made: until then a join is refused.
-        poll(lambda: _try_join(self.admin, room_id), what=f"room of {project} joinable")
+        room_id = join_when_ready(self.admin, self.alias(project))
         return room_id
 
     def state(self, room_id: str) -> dict:
@@ -84,26 +82,6 @@ class Maint:
 
     def verify(self, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         return run_cli("verify", "--homeserver", self.hs.url, "--token", self.reader.token, *args, cwd=cwd)
-
-
-def _try_join(client: Client, room_id: str) -> bool:
-    try:
-        client.join(room_id)
-        return True
-    except MatrixError as e:
-        # 403 "not invited" (join rules not sent yet) or 404 (creation events not persisted yet).
-        if e.status in (403, 404):
-            return False
-        raise
-
-
-def _try_room(client: Client, alias: str) -> str | None:
-    try:
-        return client.room_id(alias)
-    except MatrixError as e:
-        if e.status == 404:
-            return None
-        raise
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import attrs
 import pytest
 from harness.clients import describe, installed_version, make_venv, pip_install, slow_reader
 from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
-from harness.matrix import Client, MatrixError, poll
+from harness.matrix import Client, MatrixError, join_when_ready, poll
 from harness.mirror import populate, require_backend
 from harness.synapse import SynapseServer, free_port
 from harness.upstream import UpstreamServer, http_request
@@ -56,9 +56,7 @@ class TrustMirror:
 
     def room(self, project: str) -> str:
         """The project's room id, with the admin, moderator and publisher joined (a public room)."""
-        room_id = poll(lambda: _try_room(self.admin, self.alias(project)), what=f"room of {project}")
-        # The alias is bound before the room is fully made: until then a join is refused.
-        poll(lambda: _try_join(self.admin, room_id), what=f"room of {project} joinable")
+        room_id = join_when_ready(self.admin, self.alias(project))
         for client in (self.moderator, self.publisher):
             client.join(room_id)
         return room_id
@@ -87,38 +85,24 @@ class TrustMirror:
         return path, room
 
     def publish(self, room: str, path: Path, *, sha256: str | None = None, key=None, slot: str | None = None,
-                content: object = None, expect: int = 200) -> str:
-        """Publish an attestation as the publisher user."""
-        pub = self.publisher.user_id
+                content: object = None, expect: int = 200, by: Client | None = None) -> str:
+        """Publish an attestation, as the publisher user unless `by` says otherwise."""
+        sender = by or self.publisher
+        pub = sender.user_id
         if content is None:
             content = build_content(
                 project=path.parent.name, version="1.0", filename=path.name, size=path.stat().st_size,
                 sha256=sha256 or sha256_file(path), cid=None, upstream_url=None, requires_python=None,
                 timestamp=1, publisher=pub, signing_key=key or self.publisher_key,
             )
-        return self.publisher.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, slot or pub), content,
-                                         expect=expect)
+        return sender.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, slot or pub), content, expect=expect)
 
-
-def _try_join(client: Client, room_id: str) -> bool:
-    try:
-        client.join(room_id)
-        return True
-    except MatrixError as e:
-        # 403 "not invited" (join rules not sent yet) or 404 "no servers in the room"
-        # (the creation events not persisted yet, seen on PostgreSQL).
-        if e.status in (403, 404):
-            return False
-        raise
-
-
-def _try_room(client: Client, alias: str) -> str | None:
-    try:
-        return client.room_id(alias)
-    except MatrixError as e:
-        if e.status == 404:
-            return None
-        raise
+    def maintainer_vouch(self, room: str, path: Path, project: str) -> None:
+        """The pinned maintainer attests the real file; wait until the mirror relies on it."""
+        self.maintainer.join(room)
+        self.publish(room, path, key=self.maintainer_key, by=self.maintainer)
+        poll(lambda: self.verdicts(project, path.name).get(self.maintainer.user_id) == "valid",
+             what="maintainer vouch")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -392,14 +376,7 @@ def test_pinned_maintainer_outranks_a_tampered_upstream(tm):
     path = tm.add_project("pinned-pkg", payload_size=20_000)
     good_sha = sha256_file(path)
     room = tm.room("pinned-pkg")
-    tm.maintainer.join(room)
-    content = build_content(
-        project="pinned-pkg", version="1.0", filename=path.name, size=path.stat().st_size, sha256=good_sha,
-        cid=None, upstream_url=None, requires_python=None, timestamp=1, publisher=tm.maintainer.user_id,
-        signing_key=tm.maintainer_key,
-    )
-    tm.maintainer.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, tm.maintainer.user_id), content)
-    poll(lambda: tm.verdicts("pinned-pkg", path.name).get(tm.maintainer.user_id) == "valid", what="maintainer vouch")
+    tm.maintainer_vouch(room, path, "pinned-pkg")
     # An attacker who controls the upstream replaces the file and its hash in the index.
     upstream_path = tm.upstream.file_path("pinned-pkg", path.name)
     replaced = tm.upstream.fault(upstream_path, "replace", content=b"evil" * 5000)
@@ -495,20 +472,13 @@ def test_a_maintainer_vouch_that_contradicts_a_tampered_upstream_is_not_called_f
     path = tm.add_project("pinned-late", payload_size=20_000)
     good_sha = sha256_file(path)
     room = tm.room("pinned-late")
-    tm.maintainer.join(room)
     upstream_path = tm.upstream.file_path("pinned-late", path.name)
     replaced = tm.upstream.fault(upstream_path, "replace", content=b"evil" * 5000)
     try:
         # The mirror's page now carries the attacker's hash; then the maintainer vouches.
         tm.admin.call("POST", "/_synapse/pypi/v1/projects/pinned-late/reverify", {})
         assert http_request(f"{tm.hs.url}/simple/pinned-late/", timeout=60)[0] == 200
-        content = build_content(
-            project="pinned-late", version="1.0", filename=path.name, size=path.stat().st_size, sha256=good_sha,
-            cid=None, upstream_url=None, requires_python=None, timestamp=1, publisher=tm.maintainer.user_id,
-            signing_key=tm.maintainer_key,
-        )
-        tm.maintainer.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, tm.maintainer.user_id), content)
-        poll(lambda: tm.verdicts("pinned-late", path.name).get(tm.maintainer.user_id) == "valid", what="vouch")
+        tm.maintainer_vouch(room, path, "pinned-late")
         # A publisher who agrees with the attacker's upstream is the liar here.
         tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
                                 {"keys": {key_id(tm.publisher_key): verify_key_base64(tm.publisher_key)}})
@@ -531,16 +501,8 @@ def test_a_maintainer_vouch_that_contradicts_a_tampered_upstream_is_not_called_f
 
 def test_a_publisher_writing_into_the_maintainers_slot_does_not_erase_the_vouch(tm):
     path = tm.add_project("pinned-slot", payload_size=20_000)
-    good_sha = sha256_file(path)
     room = tm.room("pinned-slot")
-    tm.maintainer.join(room)
-    content = build_content(
-        project="pinned-slot", version="1.0", filename=path.name, size=path.stat().st_size, sha256=good_sha,
-        cid=None, upstream_url=None, requires_python=None, timestamp=1, publisher=tm.maintainer.user_id,
-        signing_key=tm.maintainer_key,
-    )
-    tm.maintainer.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, tm.maintainer.user_id), content)
-    poll(lambda: tm.verdicts("pinned-slot", path.name).get(tm.maintainer.user_id) == "valid", what="vouch")
+    tm.maintainer_vouch(room, path, "pinned-slot")
     # Another publisher (with the power to send attestations) writes into the maintainer's slot.
     tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
                             {"keys": {key_id(tm.publisher_key): verify_key_base64(tm.publisher_key)}})
