@@ -161,7 +161,8 @@ def parse_positive_duration_ms(value: Any, key: str) -> int:
     return ms
 
 
-def _check_url(value: Any, key: str) -> str:
+def check_url(value: Any, key: str) -> str:
+    """An absolute http(s) URL, stripped; a ConfigError naming `key` otherwise."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"'{key}' must be an http(s) URL string", path=(key,))
     parts = urlsplit(value.strip())
@@ -232,9 +233,9 @@ def parse_config(config: Any) -> PyPIConfig:
     data_directory = os.path.abspath(data_directory)
 
     if config.get("upstream_url") is None:
-        upstream_url = _check_url(default_upstream_url(), "upstream_url")
+        upstream_url = check_url(default_upstream_url(), "upstream_url")
     else:
-        upstream_url = _check_url(config["upstream_url"], "upstream_url")
+        upstream_url = check_url(config["upstream_url"], "upstream_url")
 
     kwargs: dict = {}
     if "page_ttl" in config:
