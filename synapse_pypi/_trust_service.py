@@ -39,6 +39,8 @@ from synapse_pypi.trust import (
 logger = logging.getLogger(__name__)
 
 POWER_LEVELS = "m.room.power_levels"
+# How many overwrites of one slot are walked back to find its owner's own attestation.
+MAX_SLOT_HISTORY = 20
 REDACTION = "m.room.redaction"
 
 
@@ -268,8 +270,36 @@ class TrustService:
         state = await self._api.get_room_state(room_id)
         room = RoomView(project=project, room_id=room_id, local=local, alias=alias)
         self._rebuild(room, state)
+        await self._recover_overwritten(room, state)
         self._rooms[room_id] = room
         return room
+
+    async def _recover_overwritten(self, room: RoomView, state: Mapping[Tuple[str, str], Any]) -> None:
+        """For each slot whose current event was sent by someone other than its owner, find
+        the owner's own last attestation there (the events it replaced), so an intruder's
+        write does not erase the owner's vouch across a restart or a re-verify. A redacted
+        owner's event counts as redacted, as it would have."""
+        for (etype, skey), ev in state.items():
+            if etype != ATTESTATION_TYPE:
+                continue
+            try:
+                _, publisher = split_state_key(skey)
+            except MalformedAttestation:
+                continue
+            if ev.sender == publisher:
+                continue
+            replaced = ev.unsigned.get("replaces_state")
+            for _ in range(MAX_SLOT_HISTORY):
+                if not isinstance(replaced, str):
+                    break
+                prev = await self._api._store.get_event(replaced, allow_none=True)
+                if prev is None or prev.room_id != room.room_id:
+                    break
+                if prev.sender == publisher:
+                    self._read_attestation(room, prev)
+                    logger.info("%s: %s's attestation %s restored under an overwrite", skey, publisher, prev.event_id)
+                    break
+                replaced = prev.unsigned.get("replaces_state")
 
     # -- peers -----------------------------------------------------------------------
 
