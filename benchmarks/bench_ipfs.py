@@ -437,18 +437,6 @@ def render_table(s: dict[str, Any]) -> str:
         f"   {label:52} {1:>3} "
         f"{first['commit_to_pinned_ms']:>7.0f}ms {first['commit_to_pinned_ms']:>7.0f}ms {'':>9}"
     )
-    re_add = pins["big_re_add"]
-    label = f"{big_mb} wheel, re-added after each IPFS fetch"
-    out.append(
-        f"   {label:52} {len(re_add['all']):>3} "
-        f"{re_add['median']:>7.0f}ms {re_add['max']:>7.0f}ms {'':>9}"
-    )
-    behind = pins["small_behind_big"]
-    label = f"{pins['small_sequential']['file_bytes_median'] / 1000:.0f} KB wheel committed during that re-add"
-    if behind["all"]:
-        out.append(f"   {label:52} {len(behind['all']):>3} {behind['median']:>7.0f}ms {behind['max']:>7.0f}ms {'':>9}")
-    else:
-        out.append(f"   {label:52} {0:>3} {'-':>9} {'-':>9} {'':>9}  (the re-add was always done first)")
     out.append(
         f"   (batch = first commit to last pin of the {pins['small_concurrent']['files']}; "
         "the module adds one file at a time)"
@@ -594,14 +582,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         upstream.stop()  # from here on the bytes can only come from IPFS or the local cache
         ipfs_runs: list[dict[str, Any]] = []
         warm_runs: list[dict[str, Any]] = []
-        re_adds: list[dict[str, Any]] = []
-        behind: list[dict[str, Any]] = []
+        first_stored_at = db.stored(big_sha)[2]
         restarts: list[float] = []
         node_peaks: list[int] = []
         node_increase: list[int] = []
         synapse_hwm_increase: list[int] = []
         for i in range(args.rounds):
-            with phase(f"round {i + 1}/{args.rounds}: wipe, from IPFS, re-add, warm, bare cat"):
+            with phase(f"round {i + 1}/{args.rounds}: wipe, from IPFS, warm, bare cat"):
                 restarts.append(wipe_local_cache(hs))
                 seen = len(FETCHED_FROM_KUBO.findall(hs.log_text()))
                 hs_rss = read_status_kb(hs.pid, "VmRSS")
@@ -620,19 +607,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 if hs_hwm:
                     synapse_hwm_increase.append(read_status_kb(hs.pid, "VmHWM") - hs_rss)
                 ipfs_runs.append(r)
-                # The verified copy is committed again, so the module queues a new add of the
-                # same 100 MB. A small wheel fetched now (also from IPFS: the wipe took it too)
-                # is queued behind that add: how long does it wait?
-                small = seq_wheels[i % len(seq_wheels)]
-                fetch(hs.port, file_path(SMALL_PROJECT_SEQ, small.name), expected_size=small.stat().st_size)
-                small_sha = sha256_file(small)
-                # Wait for both adds so they do not run under the warm measurement.
-                re_adds.append(poll(lambda: db.pinned_after_commit(big_sha), what=f"{big.name} re-added"))
-                behind.append(poll(lambda sha=small_sha: db.pinned_after_commit(sha), what=f"{small.name} re-added"))
+                # The verified copy is committed again, but a copy fetched back from IPFS is
+                # not added to the node again: its record still says when it was first pinned.
+                if db.stored(big_sha)[2] != first_stored_at:
+                    raise BenchError(f"{big.name} was added to the node again after an IPFS fetch")
                 w = fetch(hs.port, file_path(BIG_PROJECT, big.name), expected_size=big_bytes, keep=True)
                 if w["sha256"] != big_sha:
                     raise BenchError(f"{big.name} from the cache: wrong sha256 {w['sha256']}")
-                if len(FETCHED_FROM_KUBO.findall(hs.log_text())) != seen + 2:
+                if len(FETCHED_FROM_KUBO.findall(hs.log_text())) != seen + 1:
                     raise BenchError("the warm fetch went to IPFS, not the local cache")
                 warm_runs.append(w)
                 cats.append(kubo_cat(node, cid, big_bytes))
@@ -666,16 +648,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "node_rss_increase_bytes": node_increase,
         "synapse_hwm_increase_bytes": synapse_hwm_increase,
         "synapse_hwm_increase_bytes_max": max(synapse_hwm_increase) if synapse_hwm_increase else None,
-    }
-    re_ms = [r["commit_to_pinned_ms"] for r in re_adds]
-    pinning["big_re_add"] = {"all": re_ms, "median": median(re_ms), "max": max(re_ms)}
-    # Only the small files committed before the big re-add was recorded really queued behind it.
-    behind_ms = [b["commit_to_pinned_ms"] for b, r in zip(behind, re_adds) if b["created_at"] < r["stored_at"]]
-    pinning["small_behind_big"] = {
-        "all": behind_ms,
-        "median": median(behind_ms) if behind_ms else None,
-        "max": max(behind_ms) if behind_ms else None,
-        "not_behind_ms": [b["commit_to_pinned_ms"] for b, r in zip(behind, re_adds) if b["created_at"] >= r["stored_at"]],
     }
 
     kubo_direct["cat"] = {
@@ -723,12 +695,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             f"while the homeserver fetched the {big_bytes / MB:.0f} MB file by CID, the node's RSS grew by up "
             f"to {grow / MB:.0f} MB ({grow / big_bytes:.1f}x the file; peak {max(node_peaks) / MB:.0f} MB){advice}"
         )
-    notes.append(
-        f"every fetch from IPFS is committed like any other and queued for the node again, so the "
-        f"same {big_bytes / MB:.0f} MB is re-added (and re-hashed by the node) after each one "
-        f"(median {median(re_ms) / 1000:.2f} s of node work per fetch), and the re-add overwrites "
-        "synapse_pypi_stored.stored_at, which then no longer says when the file was first pinned"
-    )
     small = pinning["small_concurrent"]
     fresh = kubo_direct["small_add"]["median_ms"]
     kept = kubo_direct["small_add_keep_alive"]["median_ms"]
@@ -736,12 +702,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"the module adds one file at a time: {small['files']} small files fetched at once were all "
         f"pinned {small['batch_ms'] / 1000:.2f} s after the first commit ({small['batch_ms'] / small['files']:.0f} ms "
         f"per file)"
-        + (
-            f", and a small file committed while a {big_bytes / MB:.0f} MB add ran waited a median "
-            f"{median(behind_ms):.0f} ms (max {max(behind_ms):.0f} ms)"
-            if behind_ms
-            else ""
-        )
     )
     if kept > 2 * fresh:
         notes.append(
