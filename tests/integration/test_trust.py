@@ -563,3 +563,22 @@ def test_a_rotated_key_replaces_the_old_one_and_the_bot_attests_again(synapse_fa
     verify_signed_json(content, bot, new_key.verify_key)
     assert new["sha256"] == sha256_file(path)
     assert not [n for n in admin.notices(room) if "Invalid attestation" in n]
+
+
+def test_the_samples_alias_rules_keep_others_off_package_aliases(synapse_factory, upstream_factory, dists_dir):
+    import yaml
+
+    sample = (Path(__file__).parents[2] / "sample_homeserver.yaml").read_text()
+    block = sample[sample.index("# alias_creation_rules:"):].split("\n\n")[0]
+    rules = yaml.safe_load("\n".join(line.removeprefix("# ") for line in block.splitlines()))
+    path = build_wheel(project_dir(dists_dir, "ruled"), "ruled", "1.0")
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url}, extra_config=rules)
+    user = Client.register(hs, "someone")
+    user.call("POST", "/_matrix/client/v3/createRoom", {"room_alias_name": "pypi-ruled"}, expect=403)
+    user.call("POST", "/_matrix/client/v3/createRoom", {"room_alias_name": "my-room"})  # others are free
+    # The bot still makes its rooms.
+    assert http_request(f"{hs.url}/simple/ruled/{path.name}", timeout=60)[0] == 200
+    room = join_when_ready(user, f"#pypi-ruled:{hs.server_name}")
+    create = [e for e in user.state(room) if e["type"] == "m.room.create"][0]
+    assert create["sender"] == f"@pypi-bot:{hs.server_name}"
