@@ -51,12 +51,14 @@ from synapse_pypi.trust import (
     Attestation,
     KeyFileError,
     KeyFormatError,
+    MalformedAttestation,
     Verdict,
     build_content,
     generate_key,
     key_id,
     load_key,
     parse_public_key,
+    split_state_key,
     state_key_for,
     verify_attestation,
     verify_key_base64,
@@ -490,6 +492,16 @@ class Homeserver:
         if not isinstance(events, list):
             raise MaintainerError(f"{self.url}: the state of {room_id} is not a list of events")
         return [e for e in events if isinstance(e, dict)]
+
+    def event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
+        """One event of a room by its id, or None when the server does not give it."""
+        try:
+            ev = self.call("GET", f"{CS}/rooms/{_q(room_id)}/event/{_q(event_id)}", what=f"reading {event_id}")
+        except MatrixError as e:
+            if e.status in (403, 404):
+                return None
+            raise
+        return ev if isinstance(ev, dict) else None
 
     def state_event(self, room_id: str, event_type: str, state_key: str) -> dict[str, Any] | None:
         """The content of one state event, or None when there is none."""
@@ -1073,4 +1085,43 @@ def _read_project_room(
         homeserver.join(room_id, servers, what=f"joining {alias}")
     except MatrixError as e:
         raise MaintainerError(f"cannot join {alias} to read it: {e.status} {e.errcode} {e.error}".rstrip()) from None
-    return read_room(homeserver.state(room_id), project, pinned, alias, room_id)
+    return read_room(owners_events(homeserver, room_id, homeserver.state(room_id)), project, pinned, alias, room_id)
+
+
+# How many overwrites of one slot are walked back, as the module does.
+MAX_SLOT_HISTORY = 20
+
+
+def owners_events(homeserver: Homeserver, room_id: str, events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The room's state as the mirror reads it: an attestation slot that someone other than
+    its owner wrote last counts with the owner's own last event there (found by walking back
+    through ``unsigned.replaces_state``), so an intruder cannot erase a vouch."""
+    out: list[Mapping[str, Any]] = []
+    for ev in events:
+        skey = ev.get("state_key")
+        if ev.get("type") == ATTESTATION_TYPE and isinstance(skey, str):
+            try:
+                _, publisher = split_state_key(skey)
+            except MalformedAttestation:
+                publisher = None
+            if publisher is not None and ev.get("sender") != publisher:
+                ev = _owners_last(homeserver, room_id, ev, publisher) or ev
+        out.append(ev)
+    return out
+
+
+def _owners_last(
+    homeserver: Homeserver, room_id: str, ev: Mapping[str, Any], publisher: str
+) -> Mapping[str, Any] | None:
+    for _ in range(MAX_SLOT_HISTORY):
+        unsigned = ev.get("unsigned")
+        replaced = unsigned.get("replaces_state") if isinstance(unsigned, dict) else None
+        if not isinstance(replaced, str):
+            return None
+        prev = homeserver.event(room_id, replaced)
+        if prev is None:
+            return None
+        if prev.get("sender") == publisher:
+            return prev
+        ev = prev
+    return None

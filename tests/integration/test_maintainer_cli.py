@@ -51,6 +51,7 @@ class Maint:
     maintainer: Client
     nopower: Client
     reader: Client
+    other: Client  # another publisher, with the power to send attestations
 
     def alias(self, project: str) -> str:
         return f"#pypi-{project}:{self.hs.server_name}"
@@ -98,7 +99,7 @@ def mt(tmp_path_factory) -> Iterator[Maint]:
         module_config={
             "upstream_url": upstream.url,
             "upstream_timeout": "3s",
-            "publishers": [f"@maint:{server}"],
+            "publishers": [f"@maint:{server}", f"@other:{server}"],
         },
     )
     try:
@@ -109,6 +110,7 @@ def mt(tmp_path_factory) -> Iterator[Maint]:
             maintainer=Client.register(hs, "maint"),
             nopower=Client.register(hs, "nopower"),
             reader=Client.register(hs, "reader"),
+            other=Client.register(hs, "other"),
         )
     finally:
         hs.dispose()
@@ -390,3 +392,20 @@ def test_verify_errors(mt, tmp_path):
     assert result.returncode == 1 and f"the access token was refused by {mt.hs.url}" in result.stderr
     result = mt.verify(cwd=tmp_path)
     assert result.returncode == 2 and "nothing to verify" in result.stderr
+
+
+def test_verify_finds_the_maintainers_vouch_under_an_overwrite(mt, tmp_path):
+    (wheel,) = mt.release("overwritten-pkg", tmp_path / "dist", sdist=False)
+    room = mt.serve("overwritten-pkg")
+    _keygen(tmp_path)
+    assert mt.attest("--publish-key", f"dist/{wheel.name}", cwd=tmp_path).returncode == 0
+    # Another publisher writes into the maintainer's slot (Matrix lets it); the mirror
+    # reports and redacts that event, which stays the slot's current state.
+    mt.other.join(room)
+    slot = state_key_for(wheel.name, mt.maintainer.user_id)
+    mt.other.send_state(room, ATTESTATION_TYPE, slot, {"schema": 1, "note": "not yours"})
+    poll(lambda: mt.admin.state_event(room, ATTESTATION_TYPE, slot) == {}, what="the overwrite redacted")
+    result = mt.verify(f"dist/{wheel.name}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _status_of(result) == [("verified", wheel.name, sha256_file(wheel))]
+    assert f"attested by {mt.maintainer.user_id}" in result.stdout
