@@ -186,6 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 p.kill()
 
     signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+    # Ctrl-C stops everything, even where the shell started us with SIGINT ignored (a
+    # background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     base = f"http://127.0.0.1:{port}"
     try:
         if not _wait_ready(base + "/_matrix/client/versions", synapse):

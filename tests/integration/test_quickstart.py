@@ -5,6 +5,7 @@ install through it, and Ctrl-C stops everything it started."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import socket
@@ -63,6 +64,10 @@ def test_run_is_a_ready_homeserver_with_ipfs_that_pip_and_uv_install_through(ups
         [sys.executable, "-m", "synapse_pypi.cli", "run", "--data-dir", str(data), "--port", str(port),
          "--upstream", upstream.url, "--ipfs-api-port", str(ipfs_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        # As a non-interactive shell starts a background job: with SIGINT ignored. Ctrl-C
+        # (SIGINT) must still stop it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        start_new_session=True,  # its own process group: if it fails to stop, its children go too
     )
     out = _Output(proc)
     try:
@@ -96,7 +101,7 @@ def test_run_is_a_ready_homeserver_with_ipfs_that_pip_and_uv_install_through(ups
             try:
                 proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)  # the group we made for it: it and its children
                 proc.wait(timeout=30)
                 raise AssertionError("`synapse-pypi run` did not stop on Ctrl-C") from None
     # What it started stopped with it: nothing answers on its ports any more.
