@@ -51,14 +51,11 @@ import os
 import platform
 import re
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,7 +64,8 @@ from urllib.parse import quote, urljoin, urlsplit
 REPO = Path(__file__).resolve().parents[1]
 # The harness is imported as a top-level package, as tests/conftest.py does.
 sys.path.insert(0, str(REPO / "tests"))
-
+# _common sits next to this script, whose directory Python puts first on sys.path.
+from _common import BenchError, log, median, phase, poll, run_benchmark
 from harness.clients import describe, installed_version, make_venv, pip_install
 from harness.dists import build_wheel, project_dir, sha256_file
 from harness.kubo import KuboNodeProcess, multipart
@@ -78,7 +76,6 @@ from synapse_pypi.trust import load_or_create_key, public_key_string
 
 MB = 1_000_000
 READ_CHUNK = 1024 * 1024
-POLL_INTERVAL = 0.05
 JSON_PAGE = "application/vnd.pypi.simple.v1+json"
 # What the module logs when a file came from its node (synapse_pypi/_files.py) and when it
 # joined a peer's room (synapse_pypi/_trust_service.py).
@@ -89,39 +86,7 @@ CANNOT_JOIN = re.compile(r"peer (\S+): cannot join (\S+)")
 T = TypeVar("T")
 
 
-class BenchError(RuntimeError):
-    """Something the benchmark depends on did not work; the message says what."""
-
-
-# -- small helpers ---------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def phase(name: str) -> Iterator[None]:
-    t0 = time.monotonic()
-    log(f"{name} ...")
-    yield
-    log(f"{name}: {time.monotonic() - t0:.1f} s")
-
-
-def poll(cond: Callable[[], T | None], what: str, timeout: float = 120) -> T:
-    """Call `cond` until it returns something truthy; BenchError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(POLL_INTERVAL)  # polling interval, not synchronisation
-
-
-def median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs))
+# -- HTTP client -------------------------------------------------------------------------------
 
 
 def fetch(
@@ -685,27 +650,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)  # run the finally blocks: stop processes, remove files
-
-    signal.signal(signal.SIGTERM, on_term)
-    work = Path(tempfile.mkdtemp(prefix="synapse-pypi-bench-federation-"))
-    try:
-        summary = run(args, work)
-    except BenchError as e:
-        log(f"benchmark failed: {e}")
-        return 1
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print(render_table(summary))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-        log(f"wrote {args.json}")
-    return 0
+    return run_benchmark(args, run, render_table, "synapse-pypi-bench-federation-")
 
 
 if __name__ == "__main__":

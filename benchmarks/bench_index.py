@@ -31,15 +31,12 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +44,8 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parents[1]
 # The harness is imported as a top-level package, as tests/conftest.py does.
 sys.path.insert(0, str(REPO / "tests"))
+# _common sits next to this script, whose directory Python puts first on sys.path.
+from _common import BenchError, log, phase, read_status_kb, reset_hwm, run_benchmark
 
 MB = 1_000_000
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
@@ -62,34 +61,7 @@ BIG_PROJECT = "bench-big"
 PAGE_PROJECT = "bench-page"
 
 
-class BenchError(RuntimeError):
-    """Something the benchmark depends on did not work; the message says what."""
-
-
 # -- /proc ---------------------------------------------------------------------------------
-
-
-def read_status_kb(pid: int, key: str) -> int:
-    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise BenchError(f"/proc/{pid}/status has no {key}")
-
-
-def reset_hwm(pid: int) -> bool:
-    """Reset VmHWM (peak RSS) to the current RSS; False where the kernel does not allow it.
-
-    Writing 5 to clear_refs only resets the high-water mark (proc(5)); it does not touch
-    page reference bits, so it does not disturb the process being measured.
-    """
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def cpu_seconds(pid: int) -> float:
@@ -570,18 +542,6 @@ def render_table(s: dict[str, Any]) -> str:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def phase(name: str) -> Iterator[None]:
-    t0 = time.monotonic()
-    log(f"{name} ...")
-    yield
-    log(f"{name}: {time.monotonic() - t0:.1f} s")
-
-
 def git_state() -> dict[str, Any]:
     """The commit and the uncommitted changes the measured code came from (the package is
     installed editable, so the working tree is what Synapse imports)."""
@@ -789,29 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_static-server"]:
         return static_server_main(argv[1:])
-    args = parse_args(argv)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)  # run the finally blocks: stop servers, remove files
-
-    signal.signal(signal.SIGTERM, on_term)
-    work = Path(tempfile.mkdtemp(prefix="synapse-pypi-bench-"))
-    try:
-        summary = run(args, work)
-    except BenchError as e:
-        log(f"benchmark failed: {e}")
-        return 1
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print(render_table(summary))
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0
+    return run_benchmark(parse_args(argv), run, render_table, "synapse-pypi-bench-", json_on_stdout=True)
 
 
 if __name__ == "__main__":

@@ -37,29 +37,26 @@ import argparse
 import hashlib
 import http.client
 import importlib.metadata
-import json
 import os
 import platform
 import re
 import shutil
-import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # The harness is imported as a top-level package, as tests/conftest.py does.
 sys.path.insert(0, str(REPO / "tests"))
-
+# _common sits next to this script, whose directory Python puts first on sys.path.
 import harness.kubo
+from _common import BenchError, median, phase, poll, read_status_kb, reset_hwm, run_benchmark
 from harness.dists import build_wheel, project_dir, sha256_file
 from harness.kubo import KuboNodeProcess, multipart
 from harness.synapse import SynapseServer
@@ -67,7 +64,6 @@ from harness.upstream import UpstreamServer
 
 MB = 1_000_000
 READ_CHUNK = 1024 * 1024
-POLL_INTERVAL = 0.05
 SMALL_PROJECT_SEQ = "bench-small-seq"
 SMALL_PROJECT_CONC = "bench-small-conc"
 BIG_PROJECT = "bench-ipfs-big"
@@ -76,63 +72,6 @@ FETCHED_FROM_KUBO = re.compile(r"(\S+): fetched from kubo at \S+ as (\S+) \((\d+
 # "dominated by the stand-in" when the bare node's `cat` of the file takes at least this
 # share of the homeserver's whole IPFS path.
 DOMINATES_SHARE = 0.6
-
-T = TypeVar("T")
-
-
-class BenchError(RuntimeError):
-    """Something the benchmark depends on did not work; the message says what."""
-
-
-# -- small helpers ---------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def phase(name: str) -> Iterator[None]:
-    t0 = time.monotonic()
-    log(f"{name} ...")
-    yield
-    log(f"{name}: {time.monotonic() - t0:.1f} s")
-
-
-def poll(cond: Callable[[], T | None], what: str, timeout: float = 120) -> T:
-    """Call `cond` until it returns something truthy; BenchError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(POLL_INTERVAL)  # polling interval, not synchronisation
-
-
-def read_status_kb(pid: int, key: str) -> int:
-    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise BenchError(f"/proc/{pid}/status has no {key}")
-
-
-def reset_hwm(pid: int) -> bool:
-    """Reset VmHWM (peak RSS) of one of our processes to its current RSS (proc(5),
-    clear_refs value 5); False where the kernel does not allow it."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs))
 
 
 # -- HTTP client -------------------------------------------------------------------------------
@@ -758,27 +697,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)  # run the finally blocks: stop processes, remove files
-
-    signal.signal(signal.SIGTERM, on_term)
-    work = Path(tempfile.mkdtemp(prefix="synapse-pypi-bench-ipfs-"))
-    try:
-        summary = run(args, work)
-    except BenchError as e:
-        log(f"benchmark failed: {e}")
-        return 1
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print(render_table(summary))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-        log(f"wrote {args.json}")
-    return 0
+    return run_benchmark(args, run, render_table, "synapse-pypi-bench-ipfs-")
 
 
 if __name__ == "__main__":
