@@ -207,12 +207,15 @@ class Download:
         self.sha256: Optional[str] = None  # set once committed
         self.error: Optional[UpstreamError] = None
         self.finished = False
-        # False while reading from a storage backend: those bytes reach clients only
-        # once verified, so a bad copy can still be replaced by the upstream's.
+        # True once bytes may be streamed to clients (all but the last byte until the
+        # whole file is verified, so a client never gets a complete wrong file).
         self.exposed = False
         self.source = "upstream"
-        # True once the upstream answered with headers (or the download failed).
+        # True once a source started sending (or the download failed).
         self.responded = False
+        # Bumped when a source is given up on and the next one starts again from byte 0:
+        # a client that was already sent bytes of the old attempt must be cut off.
+        self.attempt = 0
         self._waiters: List[defer.Deferred[None]] = []
 
     @property
@@ -245,6 +248,15 @@ class Download:
             call = clock.callLater(timeout, expire)
             d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
         return d
+
+    def restart(self, fd: int) -> None:
+        """Drop what the last source wrote; the next source starts again at byte 0."""
+        os.ftruncate(fd, 0)
+        if self.written or self.exposed:
+            self.attempt += 1
+        self.written = 0
+        self.exposed = False
+        self._notify()
 
     def _notify(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -357,8 +369,8 @@ class FileService:
         limit = wanted.size if wanted.size is not None else self._cache.max_size
         for backend, reference in self._backends.readers_for(refs):
             hasher = hashlib.sha256()
-            os.ftruncate(fd, 0)
-            dl.written = 0
+            dl.restart(fd)
+            dl.source = backend.describe()
 
             def on_data(data: bytes, hasher: Any = hasher) -> None:
                 if dl.written + len(data) > limit:
@@ -366,6 +378,11 @@ class FileService:
                 hasher.update(data)
                 os.pwrite(fd, data, dl.written)
                 dl.written += len(data)
+                # Streamed as it comes, as from the upstream: the last byte waits for the
+                # hash check, and a bad copy cuts off whoever was being sent it.
+                dl.exposed = True
+                dl.responded = True
+                dl._notify()
 
             try:
                 await backend.fetch(wanted.sha256, reference, on_data)
@@ -391,8 +408,7 @@ class FileService:
             logger.info("%s: fetched from %s as %s (%d bytes)", wanted.filename, backend.describe(), reference, dl.written)
             dl.source = backend.describe()
             return got
-        os.ftruncate(fd, 0)
-        dl.written = 0
+        dl.restart(fd)
         return None
 
     async def _from_upstream(self, dl: Download, fd: int) -> str:

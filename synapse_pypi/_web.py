@@ -396,6 +396,7 @@ class _TailProducer:
         self._dl = dl
         self._fd = fd
         self._pos = 0
+        self._attempt = dl.attempt
         self._paused = False
         self._done = False
         self._pumping = False
@@ -430,6 +431,13 @@ class _TailProducer:
         self._pumping = True
         try:
             while not self._paused and not self._done:
+                if self._dl.attempt != self._attempt:
+                    if self._pos:
+                        # The source we were relaying turned out bad; the bytes sent are
+                        # not the file's. Cut the client off rather than splice sources.
+                        self._finish(False)
+                        return
+                    self._attempt = self._dl.attempt
                 limit = self._dl.readable()
                 if self._pos < limit:
                     data = os.pread(self._fd, min(CHUNK, limit - self._pos), self._pos)

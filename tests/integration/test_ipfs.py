@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,76 @@ def test_gateway_backend_reads_verified(synapse_factory, dists_dir, kubo_factory
     assert re.search(rf"{re.escape(small.name)}: gateway at \S+ could not give {huge_cid}: .*more than the {size} bytes",
                      hs.log_text()), hs.log_text()[-3000:]
     assert file_status(hs, token, sha256_file(small))["cached"] is False
+
+
+def _get_body_start(url: str) -> tuple[socket.socket, bytes, bytes]:
+    """Send a GET; return the socket, the response head and the first body bytes (at least one)."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    s = socket.create_connection((host, int(port)), timeout=60)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf or len(buf) <= buf.index(b"\r\n\r\n") + 4:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    return s, head, body
+
+
+def _read_rest(s: socket.socket, have: int, length: int) -> bytes:
+    """Read until the body has `length` bytes (`have` already read) or the server cuts it off."""
+    rest = b""
+    try:
+        while have + len(rest) < length and (chunk := s.recv(65536)):
+            rest += chunk
+    except ConnectionResetError:
+        pass  # an aborted response
+    finally:
+        s.close()
+    return rest
+
+
+def test_backend_bytes_stream_before_verification_and_a_bad_copy_is_cut_off(
+        synapse_factory, upstream_factory, dists_dir, tmp_path):
+    blobs, gate = tmp_path / "blobs", tmp_path / "gate"
+    blobs.mkdir()
+    good = build_wheel(project_dir(dists_dir, "gated"), "gated", "1.0", payload_size=4_000_000)
+    bad = build_wheel(project_dir(dists_dir, "gated"), "gated", "2.0", payload_size=4_000_000)
+    (blobs / "good").write_bytes(good.read_bytes())
+    (blobs / "bad").write_bytes(bytes(reversed(bad.read_bytes())))  # same size, other bytes
+    backend = {"module": "gated_storage.GatedStorage", "config": {"path": str(blobs), "gate": str(gate)}}
+    backends_dir = Path(__file__).resolve().parents[1] / "backends"
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url, "storage_providers": [backend]},
+                         python_path=[backends_dir])
+    token = admin(hs)
+    for path, ref in ((good, "good"), (bad, "bad")):
+        body = {"project": "gated", "filename": path.name, "sha256": sha256_file(path), "size": path.stat().st_size,
+                "cid": ref}
+        assert hs.request("POST", "/_synapse/pypi/v1/known_files", token=token, json_body=body)[0] == 200
+
+    # The backend holds back the second half until the gate opens: the client already has
+    # bytes, which the module cannot have verified yet. (The first half is over the 1 MiB
+    # the module lets arrive before it starts streaming.)
+    s, head, first = _get_body_start(f"{hs.url}/simple/gated/{good.name}")
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {good.stat().st_size}".encode() in head
+    assert 0 < len(first) < good.stat().st_size
+    gate.touch()
+    assert first + _read_rest(s, len(first), good.stat().st_size) == good.read_bytes()
+    assert file_status(hs, token, sha256_file(good))["cached"] is True
+
+    # A bad copy streams too, but the last byte waits for the hash check: the client is
+    # cut off and never holds a complete body, even though the upstream, tried next, then
+    # gives the right bytes (which are not spliced onto the wrong ones).
+    gate.unlink()
+    s, head, first = _get_body_start(f"{hs.url}/simple/gated/{bad.name}")
+    assert head.startswith(b"HTTP/1.1 200") and len(first) > 0
+    gate.touch()
+    received = first + _read_rest(s, len(first), bad.stat().st_size)
+    assert len(received) < bad.stat().st_size
+    assert re.search(rf"{re.escape(bad.name)}: content of bad from gated directory \S+ rejected", hs.log_text())
+    status, _, body = get_file(hs, "gated", bad.name)
+    assert status == 200 and body == bad.read_bytes()
+    assert upstream.hit_count(upstream.file_path("gated", bad.name)) == 1
