@@ -580,7 +580,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"B's cold {big_bytes / MB:.0f} MB GET took {big_b:.2f} s at the median, of which a bare cat of a fresh "
         f"CID of that size on B's node (bitswap from A, no homeserver) takes {cat_b:.2f} s "
         f"({cat_b / big_b:.0%}); the time to the first byte ({gets['big']['B']['file_ttfb_s']:.2f} s) is most of the "
-        "total because bytes from a storage backend reach the client only once the whole file is verified"
+        "total because the stand-in node's cat sends nothing until it has read the whole file (the module "
+        "streams what arrives, holding back the last byte until the hash is checked)"
     )
     page_b, page_c = gets["dep"]["B"]["page_s"], gets["dep"]["C"]["page_s"]
     notes.append(
