@@ -71,12 +71,12 @@ class Backends:
             except Exception:
                 logger.exception("storage backend %s failed to start", backend.describe())
         known = {name for name, _ in self.backends}
-        for sha256, backend, _ in await self._store.pending(limit=1_000_000):
-            if backend in known:
-                self._pending.setdefault(sha256, set()).add(backend)
+        for sha256, name, _ in await self._store.pending(limit=1_000_000):
+            if name in known:
+                self._pending.setdefault(sha256, set()).add(name)
             else:
-                logger.warning("dropping a pending add of %s to %s: no such backend configured now", sha256, backend)
-                await self._store.drop_pending(sha256, backend)
+                logger.warning("dropping a pending add of %s to %s: no such backend configured now", sha256, name)
+                await self._store.drop_pending(sha256, name)
         if self._pending:
             logger.info("storage: %d files still to add from before the restart", len(self._pending))
             self.kick()

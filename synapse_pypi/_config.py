@@ -20,7 +20,7 @@ try:
     from synapse.module_api.errors import ConfigError
 except ImportError:  # pragma: no cover - only for tools that read this file without Synapse
 
-    class ConfigError(Exception):  # type: ignore[no-redef]
+    class ConfigError(Exception):  # type: ignore[no-redef]  # stand-in outside Synapse
         def __init__(self, msg: str, path: Optional[Iterable[str]] = None):
             super().__init__(msg)
             self.msg = msg

@@ -16,9 +16,9 @@ try:
     from synapse.logging.context import PreserveLoggingContext, make_deferred_yieldable
 except ImportError:  # pragma: no cover - only outside Synapse
 
-    PreserveLoggingContext = contextlib.nullcontext  # type: ignore[assignment,misc]
+    PreserveLoggingContext = contextlib.nullcontext  # type: ignore[assignment,misc]  # stand-in outside Synapse
 
-    def make_deferred_yieldable(d: Any) -> Any:  # type: ignore[misc]
+    def make_deferred_yieldable(d: Any) -> Any:  # type: ignore[misc]  # stand-in outside Synapse
         return d
 
 
@@ -50,7 +50,8 @@ class SingleFlight:
             d: defer.Deferred[T] = defer.Deferred()
             self._waiting[key].append(d)
             return await self._yieldable(d)
-        self._waiting[key] = waiters = []
+        waiters: List[Any] = []
+        self._waiting[key] = waiters
         try:
             result = await fn()
         except BaseException as e:

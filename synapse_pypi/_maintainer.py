@@ -864,8 +864,8 @@ def read_room(
     """
     state = {(e.get("type"), e.get("state_key")): e for e in events}
     levels = _content(state.get(("m.room.power_levels", "")))
-    users = levels.get("users") if isinstance(levels.get("users"), dict) else {}
-    events_levels = levels.get("events") if isinstance(levels.get("events"), dict) else {}
+    users: dict[str, Any] = levels["users"] if isinstance(levels.get("users"), dict) else {}
+    events_levels: dict[str, Any] = levels["events"] if isinstance(levels.get("events"), dict) else {}
     needed = _int(events_levels.get(ATTESTATION_TYPE), _int(levels.get("state_default"), 50))
     create = state.get(("m.room.create", ""))
     creators = set()

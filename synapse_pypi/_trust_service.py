@@ -484,7 +484,7 @@ class TrustService:
         etype = event.type
         if etype == REDACTION:
             target = event.redacts or dict(event.content).get("redacts")
-            where = room.by_event.get(target)
+            where = room.by_event.get(target) if isinstance(target, str) else None
             if where is not None:
                 filename, publisher = where
                 rec = room.files[filename][publisher]
@@ -868,7 +868,7 @@ class TrustService:
             valid = [r for _, r in pt.records(filename) if r.verdict is Verdict.VALID and r.sha256]
             if not valid:
                 continue
-            hashes = {r.sha256 for r in valid}
+            hashes = {r.sha256 for r in valid if r.sha256}
             first = valid[0].content
             size = first.get("size") if isinstance(first.get("size"), int) else None
             rp = first.get("requires_python") if isinstance(first.get("requires_python"), str) else None

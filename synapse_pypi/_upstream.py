@@ -123,7 +123,7 @@ class _BodyReader(Protocol):
         if self._failed is None and not self.done.called:
             self._failed = err
             if self.transport is not None:
-                self.transport.stopProducing()  # type: ignore[attr-defined]
+                self.transport.stopProducing()  # type: ignore[attr-defined]  # the response's transport is a producer
 
     def dataReceived(self, data: bytes) -> None:
         if self._failed is not None:
@@ -141,7 +141,7 @@ class _BodyReader(Protocol):
             logger.exception("error consuming body of %s", self.url)
             self._fail(UpstreamBadResponse(self.url, f"could not store the body: {e}"))
 
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]  # Twisted's idiom
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.done.called:
@@ -291,7 +291,7 @@ class UpstreamClient:
 
 
 class _Discard(Protocol):
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]  # Twisted's idiom
         pass
 
 

@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 from synapse_pypi import index
 from synapse_pypi._context import fire_all
 from synapse_pypi._files import CHUNK, Download, FileService, LocalCache, WantedFile
-from synapse_pypi._names import InvalidName, is_safe_filename, normalize
+from synapse_pypi._names import InvalidName, NormalizedName, is_safe_filename, normalize
 from synapse_pypi._negotiate import Format, choose_format
 from synapse_pypi._pages import PageService
 from synapse_pypi._upstream import UpstreamError
@@ -224,7 +224,7 @@ class SimpleResource(Resource):
 
     async def _project(self, request: Any, name: str) -> None:
         fmt, content_type = self._negotiate(request)
-        view = await self._pages.project(name)
+        view = await self._pages.project(NormalizedName(name))
         known = self._trust.known_rooms.get(name) if self._trust is not None else None
         if self._trust is not None and (known is None or known.local is None):
             # The first time a project is cached: its room is made in the background.
@@ -269,7 +269,7 @@ class SimpleResource(Resource):
         return attrs.evolve(page, files=tuple(files))
 
     async def _file(self, request: Any, name: str, filename: str) -> None:
-        view = await self._pages.project(name)
+        view = await self._pages.project(NormalizedName(name))
         wanted = self._wanted(view.page, name, filename)
         first = False
         if self._trust is not None and not filename.endswith(METADATA_SUFFIX):
@@ -344,7 +344,7 @@ class SimpleResource(Resource):
             request.finish()
             return
         resource = static.File(self._cache.blob_path(sha256), defaultType="application/octet-stream")
-        resource.type = _content_type(filename)
+        resource.type = _content_type(filename)  # type: ignore[assignment]  # Twisted's stub says None
         resource.encoding = None
         body = resource.render(request)
         if body is not NOT_DONE_YET:

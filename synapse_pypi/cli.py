@@ -185,7 +185,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
 
-    signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+    def on_term(*_: Any) -> None:
+        stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     # Ctrl-C stops everything, even where the shell started us with SIGINT ignored (a
     # background job of a non-interactive shell).
     signal.signal(signal.SIGINT, signal.default_int_handler)

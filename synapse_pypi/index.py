@@ -111,8 +111,8 @@ class _FrozenDict(dict[str, str]):
         raise TypeError("this mapping is read-only")
 
     # Typed as dict's methods; each only raises, which no caller can rely on otherwise.
-    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
 
     def __reduce__(self) -> Any:
         # The default pickles a dict subclass by __setitem__, which we refuse.
@@ -187,8 +187,8 @@ class ProjectPage:
     """
 
     name: NormalizedName
-    files: tuple[DistFile, ...] = attrs.field(converter=tuple)
-    versions: tuple[str, ...] = attrs.field(converter=tuple)
+    files: tuple[DistFile, ...] = attrs.field(converter=lambda fs: tuple(fs))
+    versions: tuple[str, ...] = attrs.field(converter=lambda vs: tuple(vs))
     _by_filename: dict[str, DistFile] = attrs.field(init=False, eq=False, repr=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
@@ -350,8 +350,8 @@ def _looks_like_json(body: bytes) -> bool:
 
 @attrs.define
 class _Anchor:
-    attrs: dict[str, str | None]
-    text: list[str] = attrs.Factory(list)
+    attrs: dict[str, str | None]  # the name shadows the module in this class body only
+    text: list[str] = attrs.field(factory=list)  # type: ignore[attr-defined]  # see above
 
 
 class _AnchorCollector(HTMLParser):
