@@ -276,8 +276,9 @@ def test_moderator_redaction_takes_effect_and_the_next_serve_attests_again(tm):
     state = {(e["type"], e.get("state_key")): e for e in tm.admin.state(room)}
     event_id = state[(ATTESTATION_TYPE, state_key_for(path.name, tm.bot))]["event_id"]
     tm.moderator.redact(room, event_id, "checking the moderation path")
-    poll(lambda: tm.verdicts("redactme", path.name).get(tm.bot) == "redacted", timeout=1.0,
-         what="redaction seen within a second")
+    # Seen through on_new_event, no room read per request; how fast is measured by
+    # benchmarks/bench_redaction.py, not here.
+    poll(lambda: tm.verdicts("redactme", path.name).get(tm.bot) == "redacted", what="redaction seen")
     # Its only vouch is gone: the next serve goes by the upstream and vouches again.
     status, _, body = tm.get("redactme", path.name)
     assert status == 200 and body == path.read_bytes()
