@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
 
 import attrs
 from twisted.internet import defer
@@ -285,6 +285,9 @@ class FileService:
         self._backends = backends
         # Called (in the background) with (project, filename, sha256, size) after a commit.
         self.on_committed: Optional[Any] = None
+        # Called (awaited) with (project, filename, sha256) before the storage backends are
+        # asked, once per download: references learnt elsewhere (attestations) are recorded.
+        self.learn_references: Optional[Callable[[str, str, str], Awaitable[None]]] = None
         self._upstream = upstream
         self._run_background = run_background
         self._downloads: Dict[tuple, Download] = {}
@@ -333,6 +336,8 @@ class FileService:
         try:
             got = None
             if wanted.sha256 and self._backends is not None:
+                if self.learn_references is not None:
+                    await self.learn_references(wanted.project, wanted.filename, wanted.sha256)
                 got = await self._from_backends(dl, fd)
             if got is None:
                 got = await self._from_upstream(dl, fd)
@@ -406,7 +411,6 @@ class FileService:
                 )
                 continue
             logger.info("%s: fetched from %s as %s (%d bytes)", wanted.filename, backend.describe(), reference, dl.written)
-            dl.source = backend.describe()
             return got
         dl.restart(fd)
         return None

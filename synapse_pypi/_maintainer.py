@@ -16,14 +16,12 @@ Every failure a user can cause is a `MaintainerError` whose message is one reada
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import json
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -41,7 +39,6 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
-from signedjson.key import write_signing_keys
 from signedjson.types import SigningKey, VerifyKey
 
 from synapse_pypi._names import NormalizedName, is_safe_filename
@@ -58,6 +55,7 @@ from synapse_pypi.trust import (
     key_id,
     load_key,
     parse_public_key,
+    place_key_file,
     split_state_key,
     state_key_for,
     verify_attestation,
@@ -315,30 +313,15 @@ def keygen(path: str, force: bool = False) -> SigningKey:
         raise MaintainerError(f"{path} already exists; use --force to replace it (the old key is then lost)")
     key = generate_key()
     parent = os.path.dirname(os.path.abspath(path))
-    tmp = None
     try:
-        # mkstemp makes the file 0600 whatever the umask: the seed is never readable by others.
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=parent)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            write_signing_keys(f, [key])
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            # A hard link does not replace a file that appeared meanwhile (os.replace would).
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise MaintainerError(f"{path} already exists; use --force to replace it") from None
+        placed = place_key_file(path, key, replace=force)
     except FileNotFoundError:
         raise MaintainerError(f"{path}: cannot write the key: the directory {parent} does not exist") from None
     except OSError as e:
         raise MaintainerError(f"{path}: cannot write the key: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    if not placed:
+        # Another file appeared since the check above: it is never replaced without --force.
+        raise MaintainerError(f"{path} already exists; use --force to replace it")
     return key
 
 

@@ -79,6 +79,8 @@ class PyPIModule:
         self._trust.lookup_upstream = self._upstream_hash
         self._trust.on_vouch_lost = self._pages.expire
         self._files.on_committed = self._attest
+        # The CIDs in attestations let the read path try IPFS for a file not cached here.
+        self._files.learn_references = self._trust.learn_references
         if self._backends is not None:
             self._backends.on_stored = self._stored
         api.register_third_party_rules_callbacks(on_new_event=self._trust.on_new_event)

@@ -284,9 +284,6 @@ class SimpleResource(Resource):
             sha256 = await self._files.cached_digest_of(name, filename)
         if sha256 is not None:
             return self._serve_cached(request, sha256, filename)
-        if self._trust is not None and wanted.sha256:
-            # Not cached: the CIDs in the attestations let the read path try IPFS.
-            await self._trust.learn_references(name, filename, wanted.sha256)
         dl = self._files.download(wanted)
         deadline = self._clock.seconds() + STREAM_AFTER_SECONDS
         while not dl.finished and (not dl.responded or dl.written < STREAM_AFTER_BYTES):

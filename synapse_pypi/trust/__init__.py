@@ -25,6 +25,7 @@ from synapse_pypi.trust._keys import (
     load_key,
     load_or_create_key,
     parse_public_key,
+    place_key_file,
     public_key_string,
     verify_key_base64,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "load_or_create_key",
     "parse_attestation",
     "parse_public_key",
+    "place_key_file",
     "public_key_string",
     "split_state_key",
     "state_key_for",

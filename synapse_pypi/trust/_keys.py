@@ -39,6 +39,7 @@ __all__ = [
     "key_id",
     "load_or_create_key",
     "parse_public_key",
+    "place_key_file",
     "public_key_string",
     "verify_key_base64",
 ]
@@ -272,40 +273,59 @@ def _parse_key_file(path: str, text: str) -> SigningKey:
 
 
 def _create_key_file(path: str) -> SigningKey:
-    parent = os.path.dirname(os.path.abspath(path))
     key = generate_key()
-    tmp = None
     try:
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-        # mkstemp creates the file 0600, whatever the umask, so the seed is never readable
-        # by others, not even for a moment; the ".partial" name says what a leftover is.
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=parent)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        if not place_key_file(path, key, replace=False):
+            # Several workers started at once: they all end up with the one key that won,
+            # not each with its own.
+            winner = _read_key_file(path)
+            if winner is not None:
+                return winner
+            place_key_file(path, key, replace=True)  # pragma: no cover - the winner vanished again
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot create the signing key: {e.strerror or e}") from None
+    logger.info("created signing key %s in %s", key_id(key), path)
+    return key
+
+
+def place_key_file(path: str, key: SigningKey, replace: bool) -> bool:
+    """Write `key` to `path` in the format of Synapse's signing keys, completely or not at all.
+
+    The file is written under a ``*.partial`` name (mode 0600 from the start, whatever the
+    umask, so the seed is never readable by others) and then put in place. With `replace`,
+    an existing file is replaced; without it, an existing file is left alone and the result
+    is False.
+
+    Raises:
+        OSError: the directory is missing or not writable.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=parent)
+    try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
             write_signing_keys(f, [key])
             f.flush()
             os.fsync(f.fileno())
-        # A hard link puts the complete file in place atomically *without* replacing one
-        # that appeared meanwhile (os.replace would): when several workers start at once,
-        # they all end up with the one key that won, not each with its own.
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            winner = _read_key_file(path)
-            if winner is not None:
-                return winner
-            os.replace(tmp, path)  # pragma: no cover - the winner vanished again
-        except OSError:
-            # A file system without hard links: fall back to the plain atomic rename.
+        if replace:
             os.replace(tmp, path)
+        else:
+            # A hard link puts the complete file in place atomically *without* replacing one
+            # that appeared meanwhile (os.replace would).
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:
+                # A file system without hard links: the plain atomic rename, if still free.
+                if os.path.lexists(path):
+                    return False
+                os.replace(tmp, path)
         _fsync_directory(parent)
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot create the signing key: {e.strerror or e}") from None
+        return True
     finally:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    logger.info("created signing key %s in %s", key_id(key), path)
-    return key
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _fsync_directory(directory: str) -> None:
