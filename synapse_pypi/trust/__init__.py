@@ -7,15 +7,20 @@ from synapse_pypi.trust._attestation import (
     ATTESTATION_TYPE,
     MAX_CONTENT_BYTES,
     SCHEMA_VERSION,
+    VERIFIED_AGAINST,
     Attestation,
     MalformedAttestation,
+    SignedAttestation,
     Verdict,
     build_content,
+    check_signatures,
     parse_attestation,
+    read_attestation,
     split_state_key,
     state_key_for,
     verify_attestation,
 )
+from synapse_pypi.trust._fold import Changes, Record, RoomEvent, RoomView, Rules, fold
 from synapse_pypi.trust._keys import (
     KEY_TYPE,
     KeyFileError,
@@ -29,11 +34,32 @@ from synapse_pypi.trust._keys import (
     public_key_string,
     verify_key_base64,
 )
-from synapse_pypi.trust._policy import CACHED_UPSTREAM, Decision, Outcome, decide
+from synapse_pypi.trust._policy import (
+    CACHED_UPSTREAM,
+    DEFAULT_CORROBORATION,
+    UPSTREAM,
+    Claim,
+    Decision,
+    Outcome,
+    decide,
+)
 
 __all__ = [
     "ATTESTATION_TYPE",
     "CACHED_UPSTREAM",
+    "DEFAULT_CORROBORATION",
+    "UPSTREAM",
+    "VERIFIED_AGAINST",
+    "Changes",
+    "Claim",
+    "Record",
+    "RoomEvent",
+    "RoomView",
+    "Rules",
+    "fold",
+    "SignedAttestation",
+    "check_signatures",
+    "read_attestation",
     "KEY_TYPE",
     "MAX_CONTENT_BYTES",
     "SCHEMA_VERSION",

@@ -36,9 +36,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "Attestation",
     "MalformedAttestation",
+    "VERIFIED_AGAINST",
+    "SignedAttestation",
     "Verdict",
     "build_content",
+    "check_signatures",
     "parse_attestation",
+    "read_attestation",
     "split_state_key",
     "state_key_for",
     "verify_attestation",
@@ -76,6 +80,13 @@ _VERSION_CHARS = re.compile(r"[A-Za-z0-9._+!-]+")
 # An ed25519 signature: 64 bytes, unpadded standard base64 as signedjson writes it.
 _SIGNATURE = re.compile(r"[A-Za-z0-9+/]{86}")
 
+# What a publisher checked the bytes against before attesting them: the upstream index's
+# published hash, or other publishers' attestations (a mirror serving from IPFS while its
+# upstream is down). Only a mirror's own upstream-verified attestation counts as its own
+# corroboration in the serve policy; attestations without the field are from before it
+# existed, when every mirror attestation was checked against the upstream.
+VERIFIED_AGAINST = ("upstream", "attestations")
+
 
 class MalformedAttestation(ValueError):
     """Attestation content that does not follow the schema; the message is one readable line."""
@@ -89,6 +100,7 @@ class Verdict(enum.Enum):
     BAD_SIGNATURE = "signature does not verify"
     UNKNOWN_KEY = "not signed by a trusted key"
     IMPERSONATION = "sent into another publisher's slot"
+    WRONG_PROJECT = "attestation for another project"
     REDACTED = "redacted"
 
     @property
@@ -116,6 +128,8 @@ class Attestation:
             `verify_attestation`) or, from `parse_attestation` alone, the first of the
             publisher's key ids in sorted order.
         signature: the unpadded base64 signature under ``key_id``.
+        verified_against: what the publisher checked the bytes against (`VERIFIED_AGAINST`),
+            if it says.
     """
 
     project: NormalizedName
@@ -130,6 +144,7 @@ class Attestation:
     publisher: str
     key_id: str
     signature: str
+    verified_against: str | None = None
 
 
 def state_key_for(filename: str, publisher: str) -> str:
@@ -181,6 +196,7 @@ def build_content(
     timestamp: int,
     publisher: str,
     signing_key: SigningKey,
+    verified_against: str | None = None,
 ) -> dict[str, Any]:
     """Make the signed content of an attestation event.
 
@@ -199,6 +215,7 @@ def build_content(
         timestamp: milliseconds since the epoch.
         publisher: the mxid that will send the event (and signs as).
         signing_key: the publisher's signing key.
+        verified_against: what the bytes were checked against (`VERIFIED_AGAINST`), or None.
 
     Returns:
         The content, with ``signatures: {publisher: {"ed25519:<version>": <signature>}}``.
@@ -221,7 +238,13 @@ def build_content(
         "timestamp": timestamp,
         "publisher": publisher,
     }
-    for name, value in (("cid", cid), ("upstream_url", upstream_url), ("requires_python", requires_python)):
+    optional = (
+        ("cid", cid),
+        ("upstream_url", upstream_url),
+        ("requires_python", requires_python),
+        ("verified_against", verified_against),
+    )
+    for name, value in optional:
         if value is not None:
             content[name] = value
     signed = sign_json(content, publisher, signing_key)
@@ -248,6 +271,107 @@ def parse_attestation(content: Mapping[str, Any], state_key: str, sender: str) -
     """
     plain = _plain_content(content)
     return _parse_plain(plain, state_key, sender)
+
+
+@attrs.define(eq=False)
+class SignedAttestation:
+    """An attestation event that passed every check but the signature (`read_attestation`).
+
+    Signature checks are remembered per key, so judging the same event again after a key or
+    power-level change costs a dictionary lookup, not an ed25519 verification.
+
+    Attributes:
+        attestation: what the event claims (key_id/signature: the sender's first).
+        message: the canonical JSON the signatures are over.
+        signatures: the sender's own signatures, key id -> unpadded base64.
+    """
+
+    attestation: Attestation
+    message: bytes
+    signatures: Mapping[str, str]
+    _checked: dict[tuple[str, bytes], bool] = attrs.field(factory=dict, init=False, repr=False)
+
+    def verifies(self, kid: str, verify_key: VerifyKey) -> bool:
+        """Whether the signature under `kid` verifies with `verify_key` (remembered)."""
+        key = (kid, bytes(verify_key.encode()))
+        ok = self._checked.get(key)
+        if ok is None:
+            ok = self._checked[key] = _signature_verifies(self.message, self.signatures[kid], verify_key)
+        return ok
+
+
+def read_attestation(
+    content: Mapping[str, Any], state_key: str, sender: str
+) -> SignedAttestation | tuple[Verdict, str]:
+    """Every check of `verify_attestation` that does not depend on keys or redaction.
+
+    Never raises on any event content, state key or sender.
+
+    Returns:
+        The signed attestation, or ``(Verdict.IMPERSONATION | Verdict.MALFORMED, reason)``.
+    """
+    if not isinstance(sender, str):
+        return Verdict.MALFORMED, f"sender must be a string, not {type(sender).__name__}"
+    try:
+        _, slot_owner = split_state_key(state_key)
+    except MalformedAttestation as e:
+        return Verdict.MALFORMED, str(e)
+    if slot_owner != sender:
+        return (
+            Verdict.IMPERSONATION,
+            f"{_show(sender)} wrote into the slot of {_show(slot_owner)} (state_key {_show(state_key)})",
+        )
+    claimed = content.get("publisher") if isinstance(content, Mapping) else None
+    if isinstance(claimed, str) and claimed != sender:
+        return Verdict.IMPERSONATION, f"{_show(sender)} sent an attestation naming {_show(claimed)} as publisher"
+    try:
+        plain = _plain_content(content)
+        attestation = _parse_plain(plain, state_key, sender)
+    except MalformedAttestation as e:
+        return Verdict.MALFORMED, str(e)
+    # The schema has made sure these are a dict of str -> str, present and non-empty.
+    own_signatures: dict[str, str] = plain["signatures"][sender]
+    message = encode_canonical_json({k: v for k, v in plain.items() if k not in ("signatures", "unsigned")})
+    return SignedAttestation(attestation, message, dict(own_signatures))
+
+
+def check_signatures(
+    signed: SignedAttestation, trusted: Mapping[str, VerifyKey]
+) -> tuple[Verdict, Attestation, str]:
+    """Judge a `read_attestation` result against the keys trusted for its sender.
+
+    Every signature made with a trusted key must verify, so a tampered event fails whichever
+    key a reader trusts.
+
+    Returns:
+        ``(VALID | UNKNOWN_KEY | BAD_SIGNATURE, attestation, reason)``; the attestation names
+        the key id it was checked with.
+    """
+    attestation = signed.attestation
+    sender = attestation.publisher
+    usable = sorted(kid for kid in signed.signatures if kid in trusted)
+    if not usable:
+        return (
+            Verdict.UNKNOWN_KEY,
+            attestation,
+            (
+                f"{_show(sender)} signed with {', '.join(_show(k) for k in sorted(signed.signatures))}, "
+                "none of which is trusted for this publisher"
+            ),
+        )
+    for kid in usable:
+        if not signed.verifies(kid, trusted[kid]):
+            return (
+                Verdict.BAD_SIGNATURE,
+                attrs.evolve(attestation, key_id=kid, signature=signed.signatures[kid]),
+                f"the signature of {_show(sender)} under {_show(kid)} does not verify",
+            )
+    kid = usable[0]
+    return (
+        Verdict.VALID,
+        attrs.evolve(attestation, key_id=kid, signature=signed.signatures[kid]),
+        f"signed by {_show(sender)} with {_show(kid)}",
+    )
 
 
 def verify_attestation(
@@ -282,54 +406,10 @@ def verify_attestation(
     """
     if redacted:
         return Verdict.REDACTED, None, "the attestation has been redacted"
-    if not isinstance(sender, str):
-        return Verdict.MALFORMED, None, f"sender must be a string, not {type(sender).__name__}"
-    try:
-        _, slot_owner = split_state_key(state_key)
-    except MalformedAttestation as e:
-        return Verdict.MALFORMED, None, str(e)
-    if slot_owner != sender:
-        return (
-            Verdict.IMPERSONATION,
-            None,
-            f"{_show(sender)} wrote into the slot of {_show(slot_owner)} (state_key {_show(state_key)})",
-        )
-    claimed = content.get("publisher") if isinstance(content, Mapping) else None
-    if isinstance(claimed, str) and claimed != sender:
-        return Verdict.IMPERSONATION, None, f"{_show(sender)} sent an attestation naming {_show(claimed)} as publisher"
-    try:
-        plain = _plain_content(content)
-        attestation = _parse_plain(plain, state_key, sender)
-    except MalformedAttestation as e:
-        return Verdict.MALFORMED, None, str(e)
-
-    # The schema has made sure these are a dict of str -> str, present and non-empty.
-    own_signatures: dict[str, str] = plain["signatures"][sender]
-    trusted = keys_for(sender)
-    usable = sorted(kid for kid in own_signatures if kid in trusted)
-    if not usable:
-        return (
-            Verdict.UNKNOWN_KEY,
-            attestation,
-            (
-                f"{_show(sender)} signed with {', '.join(_show(k) for k in sorted(own_signatures))}, "
-                "none of which is trusted for this publisher"
-            ),
-        )
-    message = encode_canonical_json({k: v for k, v in plain.items() if k not in ("signatures", "unsigned")})
-    for kid in usable:
-        if not _signature_verifies(message, own_signatures[kid], trusted[kid]):
-            return (
-                Verdict.BAD_SIGNATURE,
-                attrs.evolve(attestation, key_id=kid, signature=own_signatures[kid]),
-                f"the signature of {_show(sender)} under {_show(kid)} does not verify",
-            )
-    kid = usable[0]
-    return (
-        Verdict.VALID,
-        attrs.evolve(attestation, key_id=kid, signature=own_signatures[kid]),
-        f"signed by {_show(sender)} with {_show(kid)}",
-    )
+    read = read_attestation(content, state_key, sender)
+    if isinstance(read, tuple):
+        return read[0], None, read[1]
+    return check_signatures(read, keys_for(sender))
 
 
 def _signature_verifies(message: bytes, signature: str, verify_key: VerifyKey) -> bool:
@@ -532,6 +612,11 @@ def _parse_plain(content: dict[str, Any], state_key: str, sender: str) -> Attest
 
     requires_python = _string(content, "requires_python", _MAX_REQUIRES_PYTHON, optional=True)
     timestamp = _integer(content, "timestamp")
+    verified_against = _string(content, "verified_against", 32, optional=True)
+    if verified_against is not None and verified_against not in VERIFIED_AGAINST:
+        raise MalformedAttestation(
+            f"'verified_against' must be one of {', '.join(VERIFIED_AGAINST)}, got {_show(verified_against)}"
+        )
 
     publisher = _string(content, "publisher", _MAX_SIGNER)
     if publisher != sender:
@@ -556,6 +641,7 @@ def _parse_plain(content: dict[str, Any], state_key: str, sender: str) -> Attest
         publisher=publisher,
         key_id=first,
         signature=own[first],
+        verified_against=verified_against,
     )
 
 

@@ -1,22 +1,32 @@
 """The serve policy: which sha256 a file must have before it is served (DESIGN.md §5).
 
-Inputs are the sha256 each publisher claims in a *valid* attestation (see
-`verify_attestation`), the upstream's published hash and whether the upstream answered, and
-the claims of maintainer keys pinned to the project in config. The output is a `Decision`:
-the hash to serve (or none), who contradicts it, and one readable line saying why.
+A file name is bound to its bytes once and for ever: the upstream index never lets a published
+file name change its bytes, so two different hashes for one file mean that someone lies or was
+fooled. Disagreement is always reported; it is settled automatically only with clear
+corroboration, and otherwise the file fails closed until a moderator decides.
 
-The rules, in order:
+Inputs are the claims of *valid* attestations (see `verify_attestation`) and the upstream's
+published hash (from a fresh page, or the cached one while the upstream is down). The rules,
+in order:
 
-1. Pinned maintainer keys outrank everything, the upstream included. If they disagree with
-   each other: `Outcome.CONFLICT`. Otherwise their hash is served; other claims that differ
-   are fraud, and an upstream that differs is named in the reason.
-2. No claims at all: the upstream's hash decides (`Outcome.FIRST`, the caller serves and
-   then attests), or, without one, `Outcome.UNKNOWN`.
-3. Claims and a reachable upstream with a hash: the upstream decides. All agree:
-   `Outcome.SERVE`; otherwise `Outcome.UPSTREAM_DECIDES` and every differing claim is fraud.
-4. Claims and an upstream that is down or silent: unanimous claims are served
-   (`Outcome.SERVE`); any disagreement, including with the hash on a cached upstream page,
-   fails closed (`Outcome.CONFLICT`), since nobody can tell who lies.
+1. Claims made with maintainer keys pinned to the project outrank everything, the upstream
+   included. If they disagree with each other: `Outcome.CONFLICT`. Otherwise their hash is
+   served; other claims that differ are fraud, and an upstream that differs is an alarm.
+2. No claims at all: the upstream's hash decides (`Outcome.FIRST`: serve, then attest), or,
+   without one, `Outcome.UNKNOWN`.
+3. Everyone agrees (claims and the upstream): `Outcome.SERVE`.
+4. Otherwise the claims fall into sides, one per hash, the upstream's word on its side. A side
+   is *corroborated* when it holds this mirror's own attestation of bytes it checked against
+   the upstream (what the mirror verified itself stays verified), or when its strength -- the
+   distinct servers of its publishers, plus one if the upstream gives that hash -- reaches
+   `corroboration`. (Servers, not users, are counted: one server's users are one source. A
+   server whose users say different things counts on each side: one of them lies, and the
+   others decide which.) Exactly one corroborated side: it wins (`Outcome.SETTLED`); every other
+   claim is fraud, and an upstream on a losing side is an alarm whose bytes are never fetched.
+   None, or more than one: `Outcome.CONFLICT` (409 naming every side; a person decides).
+
+One honest participant is enough to stop an attack (a lone dissent makes a conflict); it takes
+corroboration, or a moderator, to pick the winner.
 
 Pure logic: no Twisted, no Synapse.
 """
@@ -24,29 +34,54 @@ Pure logic: no Twisted, no Synapse.
 from __future__ import annotations
 
 import enum
-import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 
 import attrs
 
-__all__ = ["CACHED_UPSTREAM", "Decision", "Outcome", "decide"]
+__all__ = ["CACHED_UPSTREAM", "DEFAULT_CORROBORATION", "UPSTREAM", "Claim", "Decision", "Outcome", "decide"]
 
-# The name the hash on a cached upstream page goes by when it counts as one more claim.
-CACHED_UPSTREAM = "upstream (cached page)"
+# How the upstream's word is named among the sides of a conflict.
+UPSTREAM = "the upstream index"
+CACHED_UPSTREAM = "the upstream index (cached page)"
+# Independent sources (distinct servers, the upstream counting as one) a side needs to win.
+DEFAULT_CORROBORATION = 2
 
-_NO_PINS: Mapping[str, str] = types.MappingProxyType({})
+
+@attrs.frozen
+class Claim:
+    """One valid attestation's word on a file.
+
+    Attributes:
+        publisher: the publisher's mxid.
+        sha256: the hash it attests, lower-case hex.
+        pinned: made with a maintainer key pinned to the project in config.
+        own: this mirror's own attestation of bytes it checked against the upstream.
+        room: the room it was read from (one publisher may speak in several rooms).
+    """
+
+    publisher: str
+    sha256: str
+    pinned: bool = False
+    own: bool = False
+    room: str = ""
+
+    @property
+    def server(self) -> str:
+        """The publisher's homeserver: independent sources are counted by server."""
+        _, colon, server = self.publisher.partition(":")
+        return server if colon else self.publisher
 
 
 class Outcome(enum.Enum):
     """What to do with a file; ``.value`` is a short human phrase."""
 
-    #: The attestations agree with the truth and nothing contradicts them (or pinned keys decide).
+    #: Everyone agrees (or pinned maintainers decide and nobody contradicts them).
     SERVE = "attestations agree"
     #: No valid attestation yet: the upstream's hash decides; serve, then attest.
     FIRST = "first attestation"
-    #: A conflict while the upstream is reachable: serve the upstream's hash; dissenters are fraud.
-    UPSTREAM_DECIDES = "the upstream decides"
-    #: A conflict nobody can settle now: refuse (409), naming the publishers.
+    #: A disagreement settled by corroboration or pinned keys: the losers are fraud or an alarm.
+    SETTLED = "settled by corroboration"
+    #: A disagreement nobody can settle: refuse (409), naming every side, until a moderator acts.
     CONFLICT = "conflicting attestations"
     #: Nothing to go by: no upstream hash and no valid attestation (404 or 502, as the caller knows).
     UNKNOWN = "nothing to go by"
@@ -59,112 +94,126 @@ class Decision:
     Attributes:
         outcome: which rule applied.
         sha256: the hash the served bytes must have; None for CONFLICT and UNKNOWN.
-        fraud: ``(publisher, claimed_sha256)`` for every claim that contradicts ``sha256``,
-            sorted. Non-empty only for UPSTREAM_DECIDES and for SERVE when pinned keys decide.
-        conflicting: for CONFLICT, every claim taking part, ``(publisher, sha256)`` sorted
-            (`CACHED_UPSTREAM` stands for the hash on a cached upstream page); else empty.
+        fraud: every claim that contradicts ``sha256`` (SERVE with pinned keys, SETTLED), sorted.
+        upstream_lost: the upstream's hash when it contradicts ``sha256``: an alarm, and the
+            upstream's bytes must not be fetched. None otherwise.
+        conflicting: for CONFLICT, every side's word as ``(who, sha256)``, sorted (`UPSTREAM` or
+            `CACHED_UPSTREAM` for the upstream); else empty.
         reason: one readable ASCII line.
     """
 
     outcome: Outcome
     sha256: str | None
-    fraud: tuple[tuple[str, str], ...] = ()
+    fraud: tuple[Claim, ...] = ()
+    upstream_lost: str | None = None
     conflicting: tuple[tuple[str, str], ...] = ()
     reason: str = ""
 
 
 def decide(
-    claims: Mapping[str, str],
+    claims: Iterable[Claim],
     upstream_sha256: str | None,
     upstream_reachable: bool,
-    pinned: Mapping[str, str] = _NO_PINS,
+    corroboration: int = DEFAULT_CORROBORATION,
 ) -> Decision:
     """Decide which sha256 a file must have to be served.
 
     Args:
-        claims: publisher mxid -> sha256 of its VALID attestation for the file.
-        upstream_sha256: the hash the upstream's page gives for the file (fresh or cached),
-            or None when there is none.
-        upstream_reachable: whether the upstream answered just now; when False,
-            ``upstream_sha256`` is from a cached page and counts as one more claim.
-        pinned: publisher mxid -> sha256 of VALID attestations made with maintainer keys
-            pinned to this project in config. A publisher in both mappings counts as pinned.
+        claims: the valid attestations' claims for the file, from every room read.
+        upstream_sha256: the hash the upstream's page gives (fresh, or cached while the
+            upstream is down), or None when there is none.
+        upstream_reachable: whether that page is fresh; only the wording depends on it.
+        corroboration: the strength a side needs to win a disagreement on its own (at least 1).
 
     Returns:
-        The decision. It depends only on the contents of the mappings, not on their order.
-        All hashes are compared exactly, so pass them as lower-case hex.
+        The decision. It depends only on the set of claims, not on their order. Hashes are
+        compared exactly, so pass them as lower-case hex.
     """
-    pins = sorted(pinned.items())
-    others = sorted((p, h) for p, h in claims.items() if p not in pinned)
-
+    all_claims = sorted(set(claims), key=_claim_key)
+    upstream_name = UPSTREAM if upstream_reachable else CACHED_UPSTREAM
+    pins = [c for c in all_claims if c.pinned]
     if pins:
-        return _decide_pinned(pins, others, upstream_sha256, upstream_reachable)
+        return _decide_pinned(pins, all_claims, upstream_sha256, upstream_name)
 
-    if not others:
+    if not all_claims:
         if upstream_sha256 is None:
             return Decision(Outcome.UNKNOWN, None, reason="no upstream hash and no valid attestation")
-        where = "the upstream" if upstream_reachable else "the cached upstream page"
         return Decision(
-            Outcome.FIRST, upstream_sha256, reason=f"no valid attestation yet; {where} gives {_short(upstream_sha256)}"
-        )
-
-    if upstream_sha256 is not None and upstream_reachable:
-        fraud = tuple((p, h) for p, h in others if h != upstream_sha256)
-        if not fraud:
-            return Decision(
-                Outcome.SERVE,
-                upstream_sha256,
-                reason=f"{_agree(others)} with the upstream on {_short(upstream_sha256)}",
-            )
-        return Decision(
-            Outcome.UPSTREAM_DECIDES,
+            Outcome.FIRST,
             upstream_sha256,
-            fraud=fraud,
-            reason=f"the upstream gives {_short(upstream_sha256)}; contradicted by {_list(fraud)}",
+            reason=f"no valid attestation yet; {upstream_name} gives {_short(upstream_sha256)}",
         )
 
-    voters = list(others)
+    sides: dict[str, list[Claim]] = {}
+    for c in all_claims:
+        sides.setdefault(c.sha256, []).append(c)
     if upstream_sha256 is not None:
-        voters.append((CACHED_UPSTREAM, upstream_sha256))
-    voters.sort()
-    hashes = {h for _, h in voters}
-    why = "the upstream is unreachable" if not upstream_reachable else "the upstream gives no hash"
-    if len(hashes) == 1:
-        (agreed,) = hashes
-        return Decision(Outcome.SERVE, agreed, reason=f"{_agree(others)} on {_short(agreed)} ({why})")
+        sides.setdefault(upstream_sha256, [])
+    if len(sides) == 1:
+        (agreed,) = sides
+        with_upstream = f" and {upstream_name}" if upstream_sha256 is not None else ""
+        return Decision(Outcome.SERVE, agreed, reason=f"{_agree(all_claims)}{with_upstream} on {_short(agreed)}")
+
+    def strength(sha: str) -> int:
+        return len({c.server for c in sides[sha]}) + (1 if sha == upstream_sha256 else 0)
+
+    def corroborated(sha: str) -> bool:
+        return any(c.own for c in sides[sha]) or strength(sha) >= max(1, corroboration)
+
+    winners = [sha for sha in sorted(sides) if corroborated(sha)]
+    if len(winners) == 1:
+        (truth,) = winners
+        fraud = tuple(c for c in all_claims if c.sha256 != truth)
+        lost = upstream_sha256 if upstream_sha256 not in (None, truth) else None
+        why = "this mirror verified it" if any(c.own for c in sides[truth]) else f"{strength(truth)} sources agree"
+        parts = [f"{_short(truth)} is corroborated ({why})"]
+        if lost is not None:
+            parts.append(f"{upstream_name} gives {_short(lost)} and is overruled")
+        if fraud:
+            parts.append(f"contradicted by {_list(fraud)}")
+        return Decision(Outcome.SETTLED, truth, fraud=fraud, upstream_lost=lost, reason="; ".join(parts))
+
+    conflicting = sorted(
+        [(c.publisher, c.sha256) for c in all_claims]
+        + ([(upstream_name, upstream_sha256)] if upstream_sha256 is not None else [])
+    )
+    why = "no side is corroborated" if not winners else "more than one side is corroborated"
     return Decision(
         Outcome.CONFLICT,
         None,
-        conflicting=tuple(voters),
-        reason=f"conflicting attestations and {why}: {_list(voters)}",
+        conflicting=tuple(conflicting),
+        reason=f"conflicting hashes, {why}: {_pairs(conflicting)}",
     )
 
 
 def _decide_pinned(
-    pins: list[tuple[str, str]],
-    others: list[tuple[str, str]],
-    upstream_sha256: str | None,
-    upstream_reachable: bool,
+    pins: Sequence[Claim], all_claims: Sequence[Claim], upstream_sha256: str | None, upstream_name: str
 ) -> Decision:
-    hashes = {h for _, h in pins}
+    hashes = {c.sha256 for c in pins}
     if len(hashes) > 1:
+        conflicting = tuple(sorted((c.publisher, c.sha256) for c in pins))
         return Decision(
             Outcome.CONFLICT,
             None,
-            conflicting=tuple(pins),
-            reason=f"pinned maintainer keys disagree: {_list(pins)}",
+            conflicting=conflicting,
+            reason=f"pinned maintainer keys disagree: {_pairs(conflicting)}",
         )
     (truth,) = hashes
-    fraud = tuple((p, h) for p, h in others if h != truth)
-    keys = "keys" if len(pins) > 1 else "key"
-    attest = "attest" if len(pins) > 1 else "attests"
-    parts = [f"the pinned maintainer {keys} of {_names(pins)} {attest} {_short(truth)}"]
-    if upstream_sha256 is not None and upstream_sha256 != truth:
-        where = "the upstream" if upstream_reachable else "the cached upstream page"
-        parts.append(f"{where} gives {_short(upstream_sha256)} and is overruled")
+    fraud = tuple(c for c in all_claims if not c.pinned and c.sha256 != truth)
+    lost = upstream_sha256 if upstream_sha256 not in (None, truth) else None
+    names = sorted({c.publisher for c in pins})
+    keys, attest = ("keys", "attest") if len(names) > 1 else ("key", "attests")
+    parts = [f"the pinned maintainer {keys} of {', '.join(_name(n) for n in names)} {attest} {_short(truth)}"]
+    if lost is not None:
+        parts.append(f"{upstream_name} gives {_short(lost)} and is overruled")
     if fraud:
         parts.append(f"contradicted by {_list(fraud)}")
-    return Decision(Outcome.SERVE, truth, fraud=fraud, reason="; ".join(parts))
+    outcome = Outcome.SETTLED if (fraud or lost) else Outcome.SERVE
+    return Decision(outcome, truth, fraud=fraud, upstream_lost=lost, reason="; ".join(parts))
+
+
+def _claim_key(c: Claim) -> tuple[str, str, bool, bool, str]:
+    return (c.publisher, c.sha256, c.pinned, c.own, c.room)
 
 
 def _name(publisher: str) -> str:
@@ -179,13 +228,13 @@ def _short(sha256: str) -> str:
     return text if len(text) <= 16 else text[:12] + "..."
 
 
-def _names(pairs: Iterable[tuple[str, str]]) -> str:
-    return ", ".join(_name(p) for p, _ in pairs)
-
-
-def _list(pairs: Iterable[tuple[str, str]]) -> str:
+def _pairs(pairs: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"{_name(p)} says {_short(h)}" for p, h in pairs)
 
 
-def _agree(pairs: list[tuple[str, str]]) -> str:
-    return "1 attestation agrees" if len(pairs) == 1 else f"{len(pairs)} attestations agree"
+def _list(claims: Iterable[Claim]) -> str:
+    return _pairs((c.publisher, c.sha256) for c in claims)
+
+
+def _agree(claims: Sequence[Claim]) -> str:
+    return "1 attestation agrees" if len(claims) == 1 else f"{len(claims)} attestations agree"

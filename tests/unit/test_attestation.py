@@ -590,6 +590,7 @@ def test_verdict_phrases() -> None:
         "BAD_SIGNATURE": "signature does not verify",
         "UNKNOWN_KEY": "not signed by a trusted key",
         "IMPERSONATION": "sent into another publisher's slot",
+        "WRONG_PROJECT": "attestation for another project",
         "REDACTED": "redacted",
     }
 

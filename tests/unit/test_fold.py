@@ -1,0 +1,415 @@
+"""The pure fold of room state (trust/_fold.py): examples, and properties over arbitrary
+event sequences: it never raises, never counts an invalid record, and reading events one by
+one gives the same verdicts as reading the final state at once."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from synapse_pypi.trust import (
+    ATTESTATION_TYPE,
+    KEY_TYPE,
+    Verdict,
+    build_content,
+    generate_key,
+    key_id,
+    state_key_for,
+    verify_attestation,
+    verify_key_base64,
+)
+from synapse_pypi.trust._fold import CREATE, POWER_LEVELS, PROJECT_FIELD, REDACTION, RoomEvent, RoomView, Rules, fold
+
+BOT = "@pypi-bot:a.example"
+MOD = "@mod:a.example"
+PUB = "@pub:b.example"
+MAINT = "@maint:c.example"
+EVE = "@eve:evil.example"
+USERS = [BOT, MOD, PUB, MAINT, EVE]
+PROJECT = "demo"
+FILES = ["demo-1.0-py3-none-any.whl", "demo-1.0.tar.gz"]
+SHAS = ["aa" * 32, "bb" * 32]
+
+KEYS = {u: generate_key(f"k{i}") for i, u in enumerate(USERS)}
+OTHER_KEY = generate_key("zz")
+
+RULES = Rules(
+    project=PROJECT,
+    local=True,
+    pinned={BOT: {key_id(KEYS[BOT]): KEYS[BOT].verify_key}},
+    maintainers={MAINT: {key_id(KEYS[MAINT]): KEYS[MAINT].verify_key}},
+    key_power_level=60,
+    own=BOT,
+)
+
+_ids = itertools.count()
+
+
+def _eid() -> str:
+    return f"$e{next(_ids)}"
+
+
+def att_content(publisher: str, filename: str, sha: str, key: Any = None, project: str = PROJECT) -> dict:
+    return build_content(
+        project=project, version="1.0", filename=filename, size=10, sha256=sha, cid=None, upstream_url=None,
+        requires_python=None, timestamp=1, publisher=publisher, signing_key=key or KEYS[publisher],
+    )
+
+
+def attestation(sender: str, filename: str, sha: str, slot: str | None = None, **kw: Any) -> RoomEvent:
+    return RoomEvent(_eid(), ATTESTATION_TYPE, sender, state_key_for(filename, slot or sender),
+                     att_content(sender, filename, sha, **kw))
+
+
+def key_event(user: str, key: Any = None, slot: str | None = None) -> RoomEvent:
+    key = key or KEYS[user]
+    return RoomEvent(_eid(), KEY_TYPE, user, slot or user, {"keys": {key_id(key): verify_key_base64(key)}})
+
+
+def create() -> RoomEvent:
+    return RoomEvent(_eid(), CREATE, BOT, "", {PROJECT_FIELD: PROJECT, "room_version": "12"})
+
+
+def power(users: dict, **extra: Any) -> RoomEvent:
+    return RoomEvent(_eid(), POWER_LEVELS, BOT, "", {"users": users, "redact": 50, **extra})
+
+
+def redaction(sender: str, target: str, applied: bool = True) -> RoomEvent:
+    return RoomEvent(_eid(), REDACTION, sender, None, {"redacts": target}, redacts=target, applied=applied)
+
+
+def base_room() -> RoomView:
+    view = RoomView("!room", RULES)
+    view.apply_all([create(), power({MOD: 50, PUB: 60, MAINT: 60, EVE: 0})])
+    return view
+
+
+def verdicts(view: RoomView) -> dict:
+    return {(r.filename, r.publisher): r.verdict for r in view.records()}
+
+
+# -- examples ---------------------------------------------------------------------------
+
+
+def test_a_published_key_counts_at_the_key_level_and_not_below() -> None:
+    view = base_room()
+    ev = attestation(PUB, FILES[0], SHAS[0])
+    view.apply(ev)
+    assert view.record(FILES[0], PUB).verdict is Verdict.UNKNOWN_KEY
+    changes = view.apply(key_event(PUB))
+    assert view.record(FILES[0], PUB).verdict is Verdict.VALID
+    assert [r.publisher for r in changes.new] == [PUB]
+    # Demoted below the key level: the key stops counting, the vouch is lost.
+    changes = view.apply(power({MOD: 50, PUB: 10, MAINT: 60}))
+    assert view.record(FILES[0], PUB).verdict is Verdict.UNKNOWN_KEY
+    assert [r.publisher for r in changes.lost] == [PUB]
+
+
+def test_a_peer_room_trusts_only_pinned_keys() -> None:
+    view = RoomView("!peer", Rules(project=PROJECT, local=False, pinned=RULES.pinned))
+    view.apply_all([create(), power({PUB: 100}), key_event(PUB), attestation(PUB, FILES[0], SHAS[0])])
+    assert view.record(FILES[0], PUB).verdict is Verdict.UNKNOWN_KEY
+
+
+def test_a_maintainer_is_known_by_pinned_keys_alone() -> None:
+    view = base_room()
+    view.apply(key_event(MAINT, key=OTHER_KEY))
+    view.apply(attestation(MAINT, FILES[0], SHAS[0], key=OTHER_KEY))
+    assert view.record(FILES[0], MAINT).verdict is Verdict.UNKNOWN_KEY
+    view.apply(attestation(MAINT, FILES[0], SHAS[0]))
+    assert view.record(FILES[0], MAINT).verdict is Verdict.VALID
+    (claim,) = view.claims(FILES[0])
+    assert claim.pinned and not claim.own
+
+
+def test_own_claims_count_only_for_upstream_verified_attestations() -> None:
+    view = base_room()
+    view.apply(attestation(BOT, FILES[0], SHAS[0]))
+    assert [c.own for c in view.claims(FILES[0])] == [True]
+    content = build_content(
+        project=PROJECT, version="1.0", filename=FILES[1], size=10, sha256=SHAS[0], cid=None, upstream_url=None,
+        requires_python=None, timestamp=1, publisher=BOT, signing_key=KEYS[BOT], verified_against="attestations",
+    )
+    view.apply(RoomEvent(_eid(), ATTESTATION_TYPE, BOT, state_key_for(FILES[1], BOT), content))
+    assert [c.own for c in view.claims(FILES[1])] == [False]
+
+
+def test_a_redaction_synapse_did_not_apply_changes_nothing() -> None:
+    view = base_room()
+    ev = attestation(MAINT, FILES[0], SHAS[0])
+    view.apply(ev)
+    assert not view.apply(redaction(MOD, ev.event_id, applied=False))
+    assert view.record(FILES[0], MAINT).verdict is Verdict.VALID
+
+
+def test_a_redaction_without_the_power_changes_nothing() -> None:
+    """Synapse applies a redaction from the original sender's own server whatever its
+    sender's power: such a redaction must not take a vouch away."""
+    view = base_room()
+    ev = attestation(MAINT, FILES[0], SHAS[0])
+    view.apply(ev)
+    assert not view.apply(redaction("@other:c.example", ev.event_id))
+    rec = view.record(FILES[0], MAINT)
+    assert rec.verdict is Verdict.VALID and "is ignored" in rec.reason
+    # A fresh read after a restart sees the same, given the content the module kept.
+    held = view.event_for(ev.event_id)
+    again = fold("!room", RULES, [create(), power({MOD: 50, PUB: 60, MAINT: 60}), held])
+    assert again.record(FILES[0], MAINT).verdict is Verdict.VALID
+    # Without the kept content, nothing is left to vouch with.
+    gone = fold("!room", RULES, [create(), power({MOD: 50}), RoomEvent(
+        ev.event_id, ev.type, ev.sender, ev.state_key, {}, redacted=True, redacted_by=("@other:c.example",))])
+    assert gone.record(FILES[0], MAINT).verdict is Verdict.REDACTED
+
+
+def test_a_moderator_redaction_counts_and_a_demotion_undoes_it() -> None:
+    view = base_room()
+    ev = attestation(MAINT, FILES[0], SHAS[0])
+    view.apply(ev)
+    changes = view.apply(redaction(MOD, ev.event_id))
+    assert [r.publisher for r in changes.lost] == [MAINT]
+    assert view.record(FILES[0], MAINT).verdict is Verdict.REDACTED
+    view.apply(power({MOD: 0, PUB: 60, MAINT: 60}))
+    assert view.record(FILES[0], MAINT).verdict is Verdict.VALID
+
+
+def test_the_sender_may_redact_its_own_attestation() -> None:
+    view = base_room()
+    ev = attestation(EVE, FILES[0], SHAS[0])
+    view.apply(ev)
+    view.apply(redaction(EVE, ev.event_id))
+    assert view.record(FILES[0], EVE).verdict is Verdict.REDACTED
+
+
+def test_an_intruder_is_reported_and_the_owner_vouch_kept() -> None:
+    view = base_room()
+    view.apply(key_event(PUB))
+    mine = attestation(BOT, FILES[0], SHAS[0])
+    view.apply(mine)
+    view.apply(attestation(PUB, FILES[0], SHAS[1], slot=BOT))
+    assert view.record(FILES[0], BOT).verdict is Verdict.VALID
+    (report,) = view.intruders(FILES[0])
+    assert report.verdict is Verdict.IMPERSONATION and report.sender == PUB and report.publisher == BOT
+    # The owner writing again clears the report (the intruder's event is no longer state).
+    view.apply(attestation(BOT, FILES[0], SHAS[0]))
+    assert view.intruders() == []
+
+
+def test_an_intruders_key_event_does_not_erase_the_owners_key() -> None:
+    view = base_room()
+    view.apply_all([key_event(PUB), attestation(PUB, FILES[0], SHAS[0])])
+    view.apply(key_event(EVE, key=OTHER_KEY, slot=PUB))
+    assert view.record(FILES[0], PUB).verdict is Verdict.VALID
+
+
+def test_wrong_project_survives_a_rejudge() -> None:
+    view = base_room()
+    view.apply(attestation(BOT, FILES[0], SHAS[0], project="other"))
+    assert view.record(FILES[0], BOT).verdict is Verdict.WRONG_PROJECT
+    view.rejudge()
+    view.apply(power({MOD: 50, PUB: 60}))
+    assert view.record(FILES[0], BOT).verdict is Verdict.WRONG_PROJECT
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"keys": "not an object"},
+        {"keys": ["a", "b"]},
+        {"keys": {"ed25519:x": 5}},
+        {"keys": {5: "x"}},
+        {"keys": {"ed25519:x": "!!!"}},
+        {},
+    ],
+)
+def test_a_junk_key_event_breaks_nothing(content: dict) -> None:
+    view = base_room()
+    view.apply_all([key_event(PUB), attestation(PUB, FILES[0], SHAS[0])])
+    view.apply(RoomEvent(_eid(), KEY_TYPE, PUB, PUB, content))
+    assert view.record(FILES[0], PUB).verdict is Verdict.UNKNOWN_KEY
+    assert fold("!r", RULES, [create(), RoomEvent(_eid(), KEY_TYPE, PUB, PUB, content)]).records() == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"users": "x"},
+        {"users": {"@a:b": "100"}, "users_default": "9", "redact": None},
+        {"users": {"@a:b": True}},
+        {"events": [1]},
+    ],
+)
+def test_junk_power_levels_break_nothing(content: dict) -> None:
+    view = base_room()
+    view.apply(attestation(BOT, FILES[0], SHAS[0]))
+    view.apply(RoomEvent(_eid(), POWER_LEVELS, BOT, "", content))
+    assert view.record(FILES[0], BOT).verdict is Verdict.VALID
+    assert view.redact_level == 50
+
+
+def test_client_api_events_are_read_with_their_redaction() -> None:
+    ev = RoomEvent.from_client({
+        "event_id": "$x", "type": ATTESTATION_TYPE, "sender": PUB, "state_key": "f/x", "content": {},
+        "unsigned": {"redacted_because": {"sender": MOD, "type": REDACTION}},
+    })
+    assert ev is not None and ev.redacted and ev.redacted_by == (MOD,)
+    for junk in (None, 5, {"type": 1}, {"event_id": "$x", "type": "t"}, []):
+        assert RoomEvent.from_client(junk) is None
+
+
+# -- properties -------------------------------------------------------------------------
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**60), 2**60), st.text(max_size=20))
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def actions(draw: Any) -> list[tuple]:
+    """A sequence of abstract actions; turned into events by `play`."""
+    out = []
+    for _ in range(draw(st.integers(0, 14))):
+        kind = draw(st.sampled_from(["att", "att", "att", "key", "power", "redact", "junk", "junk_key"]))
+        if kind == "att":
+            out.append(("att", draw(st.sampled_from(USERS)), draw(st.sampled_from(FILES)),
+                        draw(st.sampled_from(SHAS)), draw(st.sampled_from([None] + USERS)),
+                        draw(st.sampled_from(["own", "other", "wrong_project"]))))
+        elif kind == "key":
+            out.append(("key", draw(st.sampled_from(USERS)), draw(st.booleans()), draw(st.sampled_from([None] + USERS))))
+        elif kind == "power":
+            levels = draw(st.dictionaries(st.sampled_from(USERS[1:]), st.sampled_from([0, 10, 50, 60, 100]), max_size=4))
+            out.append(("power", levels, draw(st.sampled_from([0, 60])), draw(st.sampled_from([50, 100]))))
+        elif kind == "redact":
+            out.append(("redact", draw(st.sampled_from(USERS)), draw(st.integers(0, 50)), draw(st.booleans())))
+        elif kind == "junk":
+            out.append(("junk", draw(st.sampled_from(USERS)), draw(st.sampled_from(FILES + ["bad/key/x", "nofilename"])),
+                        draw(json_values)))
+        else:
+            out.append(("junk_key", draw(st.sampled_from(USERS)), draw(json_values)))
+    return out
+
+
+def play(acts: list[tuple]) -> list[RoomEvent]:
+    events = [create(), power({MOD: 50, PUB: 60, MAINT: 60})]
+    for act in acts:
+        kind = act[0]
+        if kind == "att":
+            _, sender, filename, sha, slot, signer = act
+            key = KEYS[sender] if signer == "own" else OTHER_KEY
+            project = "other" if signer == "wrong_project" else PROJECT
+            events.append(attestation(sender, filename, sha, slot=slot, key=key, project=project))
+        elif kind == "key":
+            _, user, good, slot = act
+            events.append(key_event(user, key=KEYS[user] if good else OTHER_KEY, slot=slot))
+        elif kind == "power":
+            _, levels, default, redact = act
+            events.append(power(levels, users_default=default, redact=redact))
+        elif kind == "redact":
+            _, sender, index, applied = act
+            targets = [e for e in events if e.type in (ATTESTATION_TYPE, KEY_TYPE)]
+            if targets:
+                events.append(redaction(sender, targets[index % len(targets)].event_id, applied))
+        elif kind == "junk":
+            _, sender, skey, content = act
+            content = content if isinstance(content, dict) else {"schema": content}
+            events.append(RoomEvent(_eid(), ATTESTATION_TYPE, sender, skey if "/" in skey else skey, content))
+        else:
+            _, sender, content = act
+            events.append(RoomEvent(_eid(), KEY_TYPE, sender, sender,
+                                    {"keys": content} if not isinstance(content, dict) else content))
+    return events
+
+
+def final_state(events: list[RoomEvent]) -> list[RoomEvent]:
+    """What a reader gets after the fact: the current state, with redactions Synapse applied
+    marked on their targets (content kept), and, for a slot an intruder wrote last, the
+    owner's own last event there too (the module walks `replaces_state` for it)."""
+    redactions: dict[str, tuple[str, ...]] = {}
+    for e in events:
+        if e.type == REDACTION and e.applied and e.redacts:
+            redactions[e.redacts] = redactions.get(e.redacts, ()) + (e.sender,)
+
+    def marked(e: RoomEvent) -> RoomEvent:
+        by = redactions.get(e.event_id)
+        return RoomEvent(e.event_id, e.type, e.sender, e.state_key, e.content, redacted=True, redacted_by=by) if by else e
+
+    history: dict[tuple, list[RoomEvent]] = {}
+    for e in events:
+        if e.state_key is not None:
+            history.setdefault((e.type, e.state_key), []).append(e)
+    out = []
+    for (etype, skey), evs in history.items():
+        out.append(marked(evs[-1]))
+        if etype in (ATTESTATION_TYPE, KEY_TYPE):
+            owner = skey if etype == KEY_TYPE else skey.partition("/")[2]
+            if evs[-1].sender != owner:
+                owned = [e for e in evs if e.sender == owner]
+                if owned:
+                    out.append(marked(owned[-1]))
+    return out
+
+
+def snapshot(view: RoomView) -> tuple:
+    return (
+        [(r.filename, r.publisher, r.event_id, r.verdict, r.sha256) for r in view.records()],
+        [(r.filename, r.publisher, r.event_id, r.verdict) for r in view.intruders()],
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions())
+def test_incremental_equals_fresh_read_and_rejudge(acts: list[tuple]) -> None:
+    events = play(acts)
+    live = RoomView("!room", RULES)
+    for ev in events:
+        live.apply(ev)
+    fresh = fold("!room", RULES, final_state(events))
+    assert snapshot(live) == snapshot(fresh)
+    live.rejudge()
+    assert snapshot(live) == snapshot(fresh)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions())
+def test_only_well_formed_signed_attestations_count(acts: list[tuple]) -> None:
+    view = RoomView("!room", RULES)
+    for ev in play(acts):
+        view.apply(ev)
+    for rec in view.records():
+        if not rec.valid:
+            assert rec.sha256 is None
+            continue
+        ev = view.event_for(rec.event_id)
+        assert ev is not None and ev.sender == rec.publisher
+        verdict, att, _ = verify_attestation(ev.content, ev.state_key or "", ev.sender, False, view.keys_for)
+        assert verdict is Verdict.VALID and att is not None and att.project == PROJECT
+        assert all(c.sha256 in SHAS for c in view.claims(rec.filename))
+        if ev.redacted:
+            assert not any(view.may_redact(who, ev.sender) for who in ev.redacted_by)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([ATTESTATION_TYPE, KEY_TYPE, POWER_LEVELS, CREATE, REDACTION]),
+                          st.sampled_from(USERS + ["", "x"]), st.one_of(st.none(), st.text(max_size=30)),
+                          json_values), max_size=20))
+def test_arbitrary_content_never_raises(raw: list[tuple]) -> None:
+    view = base_room()
+    view.apply(attestation(BOT, FILES[0], SHAS[0]))
+    events = []
+    for etype, sender, skey, content in raw:
+        content = content if isinstance(content, dict) else {"v": content}
+        redacts = content.get("redacts") if isinstance(content.get("redacts"), str) else None
+        events.append(RoomEvent(_eid(), etype, sender, skey, content, redacts=redacts, applied=True))
+    for ev in events:
+        view.apply(ev)
+    fold("!room", RULES, events)
+    for rec in view.records():
+        assert rec.verdict in Verdict
