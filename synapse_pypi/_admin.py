@@ -85,9 +85,12 @@ class AdminResource(DirectServeJsonResource):
             return 200, {
                 "project": project,
                 "flagged": await self._store.flagged(project),
-                "fraud_count": self._trust.fraud_count if self._trust else 0,
-                "reported_count": self._trust.reported_count if self._trust else 0,
+                **(self._trust.moderation.counters() if self._trust else {}),
             }
+        if path == ("v1", "trust"):
+            if self._trust is None:
+                raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
+            return 200, self._trust.counters()
         raise SynapseError(404, "Unknown admin endpoint", "M_UNRECOGNIZED")
 
     async def _async_render_DELETE(self, request: Any) -> Tuple[int, Dict[str, Any]]:
@@ -145,7 +148,7 @@ class AdminResource(DirectServeJsonResource):
         page, fresh = await self._pages.cached_with_freshness(project)
         dist = page.file(filename) if page is not None else None
         upstream_sha = dist.hashes.get("sha256") if dist is not None and dist.url else None
-        room = await self._trust.view(project)
+        room = await self._trust.view_for_serve(project)
         status = self._trust.status(room, filename, upstream_sha, fresh)
         status.update({"project": project, "filename": filename, "upstream_sha256": upstream_sha})
         return status
@@ -168,7 +171,8 @@ class AdminResource(DirectServeJsonResource):
                     "filename": dist.filename,
                     "outcome": decision.outcome.name.lower(),
                     "sha256": decision.sha256,
-                    "fraud": [list(f) for f in decision.fraud],
+                    "fraud": [[c.publisher, c.sha256] for c in decision.fraud],
+                    "upstream_lost": decision.upstream_lost,
                     "invalid": [r.event_id for _, r in self._trust.invalid_records(room, dist.filename)],
                 }
             )
@@ -179,6 +183,12 @@ class AdminResource(DirectServeJsonResource):
         path = self._path(request)
         if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "reverify":
             return 200, await self._reverify(self._project(path[2]))
+        if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "room":
+            if self._trust is None:
+                raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
+            project = self._project(path[2])
+            logger.info("admin %s asked for the package room of %s", user_id, project)
+            return 200, await self._trust.make_room(project)
         if path == ("v1", "known_files"):
             from synapse.module_api import parse_json_object_from_request
 

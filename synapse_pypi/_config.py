@@ -70,6 +70,18 @@ class PyPIConfig:
     peers: Tuple[str, ...] = ()
     peer_timeout_s: float = 5.0
     peer_retry_s: float = 60.0
+    # The serve policy: independent sources a side of a disagreement needs to win on its own.
+    corroboration: int = 2
+    # How long CIDs learnt from others' attestations are tried, all together, before the
+    # upstream is asked.
+    cid_hint_timeout_s: float = 5.0
+    # The Matrix queue (room creation, attestations, notices): it waits for a quiet moment
+    # of this length, at most matrix_max_delay, and creates at most room_creation_rate rooms
+    # a minute; it holds at most matrix_queue_size jobs.
+    matrix_quiet_s: float = 0.25
+    matrix_max_delay_s: float = 10.0
+    room_creation_rate: int = 60
+    matrix_queue_size: int = 10_000
 
 
 KNOWN_KEYS = frozenset(
@@ -87,6 +99,12 @@ KNOWN_KEYS = frozenset(
         "peers",
         "peer_timeout",
         "peer_retry_interval",
+        "corroboration",
+        "cid_hint_timeout",
+        "matrix_quiet",
+        "matrix_max_delay",
+        "room_creation_rate",
+        "matrix_queue_size",
         "storage_providers",
         "storage_retry_interval",
         "data_directory",
@@ -363,9 +381,23 @@ def _parse_trust(config: Mapping[str, Any]) -> dict:
                 path=("peers",),
             )
         out["peers"] = tuple(dict.fromkeys(value))
-    for key, field in (("peer_timeout", "peer_timeout_s"), ("peer_retry_interval", "peer_retry_s")):
+    for key, field in (
+        ("peer_timeout", "peer_timeout_s"),
+        ("peer_retry_interval", "peer_retry_s"),
+        ("cid_hint_timeout", "cid_hint_timeout_s"),
+        ("matrix_max_delay", "matrix_max_delay_s"),
+    ):
         if key in config:
             out[field] = parse_positive_duration_ms(config[key], key) / 1000
+    if "matrix_quiet" in config:
+        out["matrix_quiet_s"] = parse_duration_ms(config["matrix_quiet"], "matrix_quiet") / 1000
+    for key, low, high in (("corroboration", 1, 100), ("room_creation_rate", 1, 1_000_000),
+                           ("matrix_queue_size", 10, 10_000_000)):
+        if key in config:
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"'{key}' must be a whole number from {low} to {high}", path=(key,))
+            out[key] = value
     if "signing_key_path" in config:
         value = config["signing_key_path"]
         if not isinstance(value, str) or not value.strip():

@@ -51,6 +51,8 @@ class WantedFile:
     url: str
     sha256: Optional[str]
     size: Optional[int]
+    # Why the upstream must not be asked for these bytes (its hash lost to the attested one).
+    not_from_upstream: Optional[str] = None
 
 
 class LocalCache:
@@ -417,6 +419,8 @@ class FileService:
 
     async def _from_upstream(self, dl: Download, fd: int) -> str:
         wanted = dl.wanted
+        if wanted.not_from_upstream:
+            raise UpstreamUnreachable(wanted.filename, wanted.not_from_upstream)
         if not wanted.url:
             raise UpstreamUnreachable(
                 wanted.filename, "no upstream URL is known for this file and no storage backend could give it"

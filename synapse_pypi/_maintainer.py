@@ -48,21 +48,22 @@ from synapse_pypi.trust import (
     Attestation,
     KeyFileError,
     KeyFormatError,
-    MalformedAttestation,
-    Verdict,
+    RoomEvent,
+    RoomView,
+    Rules,
     build_content,
+    fold,
     generate_key,
     key_id,
     load_key,
     parse_public_key,
     place_key_file,
-    split_state_key,
     state_key_for,
-    verify_attestation,
     verify_key_base64,
 )
 
 __all__ = [
+    "DEFAULT_BOT_LOCALPART",
     "DEFAULT_KEY_PATH",
     "DEFAULT_ROOM_PREFIX",
     "DistName",
@@ -82,12 +83,14 @@ __all__ = [
     "keygen",
     "parse_requirements",
     "parse_trusted_key",
+    "fold_room",
     "read_room",
     "verify",
 ]
 
 DEFAULT_KEY_PATH = "synapse-pypi-signing.key"
 DEFAULT_ROOM_PREFIX = "pypi-"
+DEFAULT_BOT_LOCALPART = "pypi-bot"
 CS = "/_matrix/client/v3"
 
 _CHUNK = 1024 * 1024
@@ -807,9 +810,10 @@ class RoomAttestations:
     Attributes:
         project: the normalized project name.
         alias: the room alias looked up.
-        room_id: the room, or None when the alias does not exist.
+        room_id: the room, or None when the alias does not exist or the room was refused.
         valid: every valid attestation for this project.
         skipped: how many attestation events did not count (redacted, invalid, untrusted key).
+        refused: why the room was not read, when it was not (say, the mirror's bot did not make it).
     """
 
     project: str
@@ -817,6 +821,7 @@ class RoomAttestations:
     room_id: str | None
     valid: tuple[Attestation, ...]
     skipped: int
+    refused: str = ""
 
     def for_file(self, filename: str) -> list[Attestation]:
         return [a for a in self.valid if a.filename == filename]
@@ -829,14 +834,15 @@ def read_room(
     alias: str = "",
     room_id: str | None = None,
 ) -> RoomAttestations:
-    """Judge the attestations in a room's state, as the module judges its own rooms.
+    """Judge the attestations in a room's state with the mirror's own fold (trust/_fold.py).
 
-    A key published in the room (``dev.synapse-pypi.key``, in its owner's slot, not
-    redacted) counts while its owner can still send attestations there (power level at
-    least the one the room requires for them); `pinned` keys count whatever the level.
+    A key published in the room counts in its owner's slot while the owner holds the room's key
+    power level (the room's create event says which; 60 by default); `pinned` keys count whatever
+    the level. Redactions count only from the event's sender or a user at the room's redact level.
 
     Args:
-        events: the room's state events, in client-server API format.
+        events: the room's state events, in client-server API format (with the owners' own
+            events under slots someone else wrote last, see `owners_events`).
         project: the room's project; attestations for another project do not count.
         pinned: more trusted keys, by user id then key id (``--trusted-key``).
         alias: the room's alias (for the result).
@@ -845,72 +851,20 @@ def read_room(
     Returns:
         The valid attestations and how many others there were.
     """
-    state = {(e.get("type"), e.get("state_key")): e for e in events}
-    levels = _content(state.get(("m.room.power_levels", "")))
-    users: dict[str, Any] = levels["users"] if isinstance(levels.get("users"), dict) else {}
-    events_levels: dict[str, Any] = levels["events"] if isinstance(levels.get("events"), dict) else {}
-    needed = _int(events_levels.get(ATTESTATION_TYPE), _int(levels.get("state_default"), 50))
-    create = state.get(("m.room.create", ""))
-    creators = set()
-    if create is not None:
-        # Room version 12: the creator (and additional creators) have unlimited power.
-        creators.add(create.get("sender"))
-        extra = _content(create).get("additional_creators")
-        if isinstance(extra, list):
-            creators.update(c for c in extra if isinstance(c, str))
-
-    def level(user: str) -> float:
-        if user in creators:
-            return float("inf")
-        return _int(users.get(user), _int(levels.get("users_default"), 0))
-
-    room_keys: dict[str, dict[str, VerifyKey]] = {}
-    for (etype, skey), ev in state.items():
-        if etype != KEY_TYPE or skey != ev.get("sender") or _redacted(ev):
-            continue
-        keys = _content(ev).get("keys")
-        for kid, b64 in (keys.items() if isinstance(keys, dict) else ()):
-            try:
-                parsed_id, verify_key = parse_public_key(f"{kid} {b64}")
-            except (KeyFormatError, TypeError):
-                continue
-            room_keys.setdefault(str(skey), {})[parsed_id] = verify_key
-
-    def keys_for(user: str) -> Mapping[str, VerifyKey]:
-        keys = dict(room_keys.get(user, {})) if level(user) >= needed else {}
-        keys.update(pinned.get(user, {}))
-        return keys
-
-    valid = []
-    skipped = 0
-    for (etype, skey), ev in state.items():
-        if etype != ATTESTATION_TYPE:
-            continue
-        sender = ev.get("sender")
-        verdict, att, _ = verify_attestation(
-            _content(ev), skey if isinstance(skey, str) else "", sender if isinstance(sender, str) else "",
-            _redacted(ev), keys_for,
-        )
-        if verdict is Verdict.VALID and att is not None and att.project == project:
-            valid.append(att)
-        else:
-            skipped += 1
-    valid.sort(key=lambda a: (a.filename, a.publisher))
+    view = fold_room(events, project, pinned, room_id or "")
+    records = view.records()
+    valid = sorted((r.attestation for r in records if r.valid and r.attestation is not None),
+                   key=lambda a: (a.filename, a.publisher))
+    skipped = len(records) - len(valid) + len(view.intruders())
     return RoomAttestations(project, alias, room_id, tuple(valid), skipped)
 
 
-def _content(ev: Mapping[str, Any] | None) -> dict[str, Any]:
-    content = ev.get("content") if ev is not None else None
-    return content if isinstance(content, dict) else {}
-
-
-def _redacted(ev: Mapping[str, Any]) -> bool:
-    unsigned = ev.get("unsigned")
-    return isinstance(unsigned, dict) and bool(unsigned.get("redacted_because"))
-
-
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+def fold_room(
+    events: Iterable[Mapping[str, Any]], project: str, pinned: Mapping[str, Mapping[str, VerifyKey]], room_id: str
+) -> RoomView:
+    """The mirror's view of a room, from client-server API events."""
+    room_events = [e for e in (RoomEvent.from_client(ev) for ev in events) if e is not None]
+    return fold(room_id, Rules(project=project, local=True, pinned=pinned), room_events)
 
 
 def _who(atts: Iterable[Attestation]) -> str:
@@ -974,6 +928,8 @@ def _same_version(a: str, b: str) -> bool:
 
 
 def _nothing_here(room: RoomAttestations, what: str) -> str:
+    if room.refused:
+        return f"{room.alias} not read: {room.refused}"
     if room.room_id is None:
         return f"no room {room.alias}"
     return f"no valid attestation {what} in {room.alias}"
@@ -986,6 +942,7 @@ def verify(
     homeserver: Homeserver,
     server_name: str | None = None,
     room_prefix: str = DEFAULT_ROOM_PREFIX,
+    bot_localpart: str = DEFAULT_BOT_LOCALPART,
     trusted_keys: Sequence[tuple[str, str, VerifyKey]] = (),
     show_progress: bool = False,
     out: IO[str] = sys.stdout,
@@ -1001,6 +958,7 @@ def verify(
         homeserver: the session to read with (it joins the project rooms: they are public).
         server_name: the server_name in room aliases; by default the server of the user.
         room_prefix: the module's ``room_alias_prefix``.
+        bot_localpart: the module's ``bot_localpart``: only rooms its bot made are read.
         trusted_keys: ``(user_id, key_id, verify_key)`` trusted in addition to the keys
             published in the rooms.
         show_progress: draw a progress bar on `err` while hashing.
@@ -1037,7 +995,8 @@ def verify(
 
     def room_for(project: str) -> RoomAttestations:
         if project not in rooms:
-            rooms[project] = _read_project_room(homeserver, project, room_alias(project, server, room_prefix), pinned)
+            alias = room_alias(project, server, room_prefix)
+            rooms[project] = _read_project_room(homeserver, project, alias, pinned, f"@{bot_localpart}:{server}")
         return rooms[project]
 
     findings = []
@@ -1058,7 +1017,7 @@ def verify(
 
 
 def _read_project_room(
-    homeserver: Homeserver, project: str, alias: str, pinned: Mapping[str, Mapping[str, VerifyKey]]
+    homeserver: Homeserver, project: str, alias: str, pinned: Mapping[str, Mapping[str, VerifyKey]], bot: str
 ) -> RoomAttestations:
     found = homeserver.resolve_alias(alias)
     if found is None:
@@ -1068,7 +1027,14 @@ def _read_project_room(
         homeserver.join(room_id, servers, what=f"joining {alias}")
     except MatrixError as e:
         raise MaintainerError(f"cannot join {alias} to read it: {e.status} {e.errcode} {e.error}".rstrip()) from None
-    return read_room(owners_events(homeserver, room_id, homeserver.state(room_id)), project, pinned, alias, room_id)
+    events = owners_events(homeserver, room_id, homeserver.state(room_id))
+    creator = next((e.get("sender") for e in events if e.get("type") == "m.room.create"), None)
+    if creator != bot:
+        # Anyone can make a room and bind an alias the mirror has not taken yet: only the
+        # mirror's bot's rooms say anything about what the mirror serves, as the mirror
+        # itself reads them.
+        return RoomAttestations(project, alias, None, (), 0, refused=f"made by {creator}, not by the mirror's bot {bot}")
+    return read_room(events, project, pinned, alias, room_id)
 
 
 # How many overwrites of one slot are walked back, as the module does.
@@ -1076,20 +1042,21 @@ MAX_SLOT_HISTORY = 20
 
 
 def owners_events(homeserver: Homeserver, room_id: str, events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The room's state as the mirror reads it: an attestation slot that someone other than
-    its owner wrote last counts with the owner's own last event there (found by walking back
-    through ``unsigned.replaces_state``), so an intruder cannot erase a vouch."""
+    """The room's state as the mirror reads it: for an attestation or key slot that someone
+    other than its owner wrote last, the owner's own last event there too (found by walking
+    back through ``unsigned.replaces_state``), so an intruder cannot erase a vouch or a key.
+    The intruder's event stays in: it is reported, never counted."""
     out: list[Mapping[str, Any]] = []
     for ev in events:
-        skey = ev.get("state_key")
-        if ev.get("type") == ATTESTATION_TYPE and isinstance(skey, str):
-            try:
-                _, publisher = split_state_key(skey)
-            except MalformedAttestation:
-                publisher = None
-            if publisher is not None and ev.get("sender") != publisher:
-                ev = _owners_last(homeserver, room_id, ev, publisher) or ev
         out.append(ev)
+        skey, etype = ev.get("state_key"), ev.get("type")
+        if not isinstance(skey, str) or etype not in (ATTESTATION_TYPE, KEY_TYPE):
+            continue
+        owner = skey if etype == KEY_TYPE else skey.partition("/")[2]
+        if owner and ev.get("sender") != owner:
+            prev = _owners_last(homeserver, room_id, ev, owner)
+            if prev is not None:
+                out.append(prev)
     return out
 
 

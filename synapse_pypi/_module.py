@@ -12,6 +12,7 @@ from synapse_pypi._admin import AdminResource
 from synapse_pypi._backends import Backends
 from synapse_pypi._config import PyPIConfig, parse_config
 from synapse_pypi._files import FileService, LocalCache
+from synapse_pypi._matrix_queue import MatrixQueue, QueueSettings, RequestGauge
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._pages import PageService
 from synapse_pypi._store import Store
@@ -73,14 +74,32 @@ class PyPIModule:
         )
         # The attestation key is made on first start and kept under the data directory.
         self._signing_key = load_or_create_key(config.signing_key_path)
-        self._trust = TrustService(
-            api, config, self._store, self._signing_key, api.run_as_background_process, clock=reactor
+        # Requests in flight, which the Matrix queue yields to.
+        self._gauge = RequestGauge(reactor)
+        self._queue = MatrixQueue(
+            reactor,
+            api.run_as_background_process,
+            self._gauge,
+            QueueSettings(
+                quiet_s=config.matrix_quiet_s,
+                max_delay_s=config.matrix_max_delay_s,
+                room_rate=config.room_creation_rate,
+                max_pending=config.matrix_queue_size,
+            ),
         )
-        self._trust.lookup_upstream = self._upstream_hash
-        self._trust.on_vouch_lost = self._pages.expire
+        self._trust = TrustService(
+            api,
+            config,
+            self._store,
+            self._signing_key,
+            self._queue,
+            upstream_hashes=self._upstream_hash,
+            on_vouch_lost=self._pages.expire,
+            clock=reactor,
+        )
         self._files.on_committed = self._attest
         # The CIDs in attestations let the read path try IPFS for a file not cached here.
-        self._files.learn_references = self._trust.learn_references
+        self._files.learn_references = self._learn_references
         if self._backends is not None:
             self._backends.on_stored = self._stored
         api.register_third_party_rules_callbacks(on_new_event=self._trust.on_new_event)
@@ -94,6 +113,7 @@ class PyPIModule:
             clock=reactor,
             trust=self._trust,
             attest=self._attest_in_background,
+            gauge=self._gauge,
         )
         # Requests that arrive before start-up finished wait for it.
         self._simple.gate_on(api.run_as_background_process("synapse_pypi_start", self._start))
@@ -128,29 +148,42 @@ class PyPIModule:
         return sha, fresh and sha is not None
 
     async def _attest(self, project: str, filename: str, sha256: str, size: int) -> None:
-        """Publish this server's attestation for a verified file (not for .metadata)."""
+        """Publish this server's attestation for verified bytes (not for .metadata): handed
+        to the Matrix queue, never awaited by a request."""
         if filename.endswith(".metadata"):
             return
         page = await self._pages.cached(project)
         dist = page.file(filename) if page is not None else None
+        upstream_sha = dist.hashes.get("sha256") if dist is not None and dist.url else None
         if dist is None:
             dist = index.DistFile(filename=filename, url="", hashes={"sha256": sha256})
-        try:
-            await self._trust.attest(project, dist, sha256, size)
-        except Exception:
-            logger.exception("could not attest %s/%s", project, filename)
+        self._trust.served(project, dist, sha256, size, upstream_sha)
 
     def _attest_in_background(self, project: str, filename: str, sha256: str, size: int) -> None:
         self._api.run_as_background_process("synapse_pypi_attest", self._attest, project, filename, sha256, size)
+
+    async def _learn_references(self, project: str, filename: str, sha256: str) -> None:
+        """Record the CIDs that valid attestations of exactly these bytes carry, so the read
+        path can fetch the file from IPFS (whatever the page came from)."""
+        pt = self._trust.known_rooms.get(project)
+        for cid in self._trust.cid_hints(pt, filename, sha256):
+            await self._store.add_ref_if_missing(sha256, "cid", cid, "attestation")
 
     async def _stored(self, sha256: str, kind: str, reference: str) -> None:
         """A backend stored a blob: refresh our attestations with its CID."""
         if kind != "cid":
             return
         size = self._cache.size_of(sha256)
+        if size is None:
+            return
         for project, filename in await self._store.files_for_blob(sha256):
-            if size is not None:
-                await self._attest(project, filename, sha256, size)
+            if filename.endswith(".metadata"):
+                continue
+            page = await self._pages.cached(project)
+            dist = page.file(filename) if page is not None else None
+            if dist is None:
+                dist = index.DistFile(filename=filename, url="", hashes={"sha256": sha256})
+            self._trust.stored(project, dist, sha256, size)
 
     async def _page_without_upstream(self, project: str) -> Optional[index.ProjectPage]:
         """A project page without the upstream: from the room's attestations, else from

@@ -81,6 +81,15 @@ SCHEMA = [
         kind TEXT NOT NULL,
         flagged_at BIGINT NOT NULL
     )""",
+    # The content of attestation and key events the trust view relied on. Synapse drops an
+    # event's content when it applies a redaction, also one the trust view must ignore (sent
+    # without the power, from the original sender's own server): with this copy, such an
+    # event still counts after a restart (trust/_fold.py).
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_kept (
+        event_id TEXT NOT NULL PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        content TEXT NOT NULL
+    )""",
 ]
 
 
@@ -397,6 +406,70 @@ class Store:
 
         await self._run_db("synapse_pypi_add_ref_if_missing", txn)
 
+    async def own_cid(self, sha256: str) -> Optional[str]:
+        """The CID one of our own storage backends computed for the blob, if any (never one
+        learnt from someone else's attestation)."""
+
+        def txn(t: Any) -> Optional[str]:
+            t.execute(
+                "SELECT r.reference FROM synapse_pypi_refs AS r INNER JOIN synapse_pypi_stored AS s"
+                " ON s.sha256 = r.sha256 AND s.reference = r.reference WHERE r.sha256 = ? AND r.kind = ?",
+                (sha256, "cid"),
+            )
+            row = t.fetchone()
+            return str(row[0]) if row else None
+
+        return await self._run_db("synapse_pypi_own_cid", txn)
+
+    async def keep_contents(self, room_id: str, contents: List[Tuple[str, str]]) -> None:
+        """Keep (event id, content JSON) pairs of events the trust view relies on."""
+
+        def txn(t: Any) -> None:
+            for event_id, content in contents:
+                t.execute(
+                    "INSERT INTO synapse_pypi_kept (event_id, room_id, content) VALUES (?, ?, ?)"
+                    " ON CONFLICT (event_id) DO NOTHING",
+                    (event_id, room_id, content),
+                )
+
+        if contents:
+            await self._run_db("synapse_pypi_keep_contents", txn)
+
+    async def kept_contents(self, event_ids: List[str]) -> Dict[str, str]:
+        """event id -> content JSON for those of `event_ids` we kept."""
+
+        def txn(t: Any) -> Dict[str, str]:
+            out: Dict[str, str] = {}
+            for chunk in _chunks(event_ids):
+                marks = ", ".join("?" for _ in chunk)
+                t.execute(f"SELECT event_id, content FROM synapse_pypi_kept WHERE event_id IN ({marks})", chunk)
+                out.update((r[0], r[1]) for r in t.fetchall())
+            return out
+
+        return await self._run_db("synapse_pypi_kept_contents", txn) if event_ids else {}
+
+    async def redacters(self, event_ids: List[str]) -> Dict[str, List[str]]:
+        """event id -> the senders of the redactions of it that Synapse holds.
+
+        Read from Synapse's own `redactions` and `events` tables (stable since 2016): the
+        module API says that an event is redacted, not by whom, and the trust view counts a
+        redaction only when its sender may redact (trust/_fold.py)."""
+
+        def txn(t: Any) -> Dict[str, List[str]]:
+            out: Dict[str, List[str]] = {}
+            for chunk in _chunks(event_ids):
+                marks = ", ".join("?" for _ in chunk)
+                t.execute(
+                    "SELECT r.redacts, e.sender FROM redactions AS r INNER JOIN events AS e"
+                    f" ON e.event_id = r.event_id WHERE r.redacts IN ({marks})",
+                    chunk,
+                )
+                for redacts, sender in t.fetchall():
+                    out.setdefault(redacts, []).append(sender)
+            return out
+
+        return await self._run_db("synapse_pypi_redacters", txn) if event_ids else {}
+
     async def files_for_blob(self, sha256: str) -> List[Tuple[str, str]]:
         """(project, filename) pairs whose content is this blob."""
 
@@ -421,3 +494,7 @@ class Store:
             return row[0] if t.fetchone()[0] == 0 else None
 
         return await self._run_db("synapse_pypi_forget_file", txn)
+
+
+def _chunks(items: List[str], size: int = 200) -> List[List[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

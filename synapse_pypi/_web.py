@@ -106,8 +106,11 @@ class SimpleResource(Resource):
         clock: Any,
         trust: Any = None,
         attest: Optional[Callable[[str, str, str, int], None]] = None,
+        gauge: Any = None,
     ):
         super().__init__()
+        # Counts requests in flight, which the Matrix queue yields to.
+        self._gauge = gauge
         self._clock = clock
         self._trust = trust
         self._attest = attest
@@ -141,6 +144,9 @@ class SimpleResource(Resource):
         return NOT_DONE_YET
 
     async def _handle(self, request: Any) -> None:
+        if self._gauge is not None:
+            self._gauge.started()
+            request.notifyFinish().addBoth(lambda _: self._gauge.finished())
         try:
             if not self._ready:
                 waiter: defer.Deferred[None] = defer.Deferred()
@@ -225,14 +231,14 @@ class SimpleResource(Resource):
     async def _project(self, request: Any, name: str) -> None:
         fmt, content_type = self._negotiate(request)
         view = await self._pages.project(NormalizedName(name))
-        known = self._trust.known_rooms.get(name) if self._trust is not None else None
-        if self._trust is not None and (known is None or known.local is None):
-            # The first time a project is cached: its room is made in the background.
-            self._run_in_background(self._ensure_room, name)
+        if self._trust is not None:
+            # Our room's view (read once, no Matrix writes): the page carries the hashes the
+            # trust layer agreed on. Rooms are made when files are served, not for page views.
+            await self._trust.view(name)
         # Rendering is most of a warm page's cost: keep the bytes until the page, the
         # cache's contents or the trust view change.
         key = (name, fmt, view.offline)
-        stamp = (id(view.page), self._cache.generation, self._trust.generation if self._trust else 0)
+        stamp = (id(view.page), self._cache.generation, self._trust.project_generation(name) if self._trust else 0)
         hit = self._rendered.get(key)
         if hit is not None and hit[0] == stamp:
             body = hit[1]
@@ -257,10 +263,12 @@ class SimpleResource(Resource):
         for f in page.files:
             changes: dict = {}
             if pt is not None and pt.records(f.filename):
-                # The page carries the hash the trust layer agreed on (DESIGN §3).
+                # The page carries the hash the trust layer agreed on (DESIGN §3), and no
+                # hash where nobody can tell (a client asking gets the 409 that says why).
                 decision = self._trust.decide(pt, f.filename, f.hashes.get("sha256"), not offline)
-                if decision.sha256 and decision.sha256 != f.hashes.get("sha256"):
-                    changes["hashes"] = {"sha256": decision.sha256}
+                if decision.sha256 != f.hashes.get("sha256"):
+                    changes["hashes"] = {"sha256": decision.sha256} if decision.sha256 else {}
+                    changes["size"] = self._trust.attested_details(pt, f.filename, decision.sha256)[0]
             if f.size is None and f.filename in cached:
                 changes["size"] = cached[f.filename][1]
             if offline and f.core_metadata and (f.filename + METADATA_SUFFIX) not in cached:
@@ -271,13 +279,13 @@ class SimpleResource(Resource):
     async def _file(self, request: Any, name: str, filename: str) -> None:
         view = await self._pages.project(NormalizedName(name))
         wanted = self._wanted(view.page, name, filename)
-        first = False
-        if self._trust is not None and not filename.endswith(METADATA_SUFFIX):
-            wanted, first = await self._apply_policy(name, filename, wanted, online=not view.offline)
+        trusted = self._trust is not None and not filename.endswith(METADATA_SUFFIX)
+        if trusted:
+            wanted, _ = await self._apply_policy(name, filename, wanted, online=not view.offline)
         sha256 = self._files.cached_sha256(wanted)
-        if first and sha256 is not None and self._attest is not None:
-            # A cache hit with no valid vouch left (say a moderator redacted ours): the
-            # upstream's hash decided again; vouch for it again.
+        if trusted and sha256 is not None and self._attest is not None and not self._trust.attested(name, filename, sha256):
+            # A cache hit that our bot has not vouched for (say a moderator redacted ours, or
+            # the file came from a peer): vouch for it, in the Matrix queue.
             self._attest(name, filename, sha256, self._cache.size_of(sha256) or 0)
         if sha256 is None and wanted.sha256 is None:
             # An index that publishes no hash: we know the file by what we stored.
@@ -298,26 +306,27 @@ class SimpleResource(Resource):
         self._serve_download(request, dl)
 
     async def _apply_policy(self, name: str, filename: str, wanted: WantedFile, online: bool) -> tuple:
-        """The serve policy, before every serve (cache hits included): the hash to
-        serve, from the attestations and the upstream; 409 on an undecidable conflict."""
-        room = await self._trust.view(name)
-        if room.local is None:
-            # First time: make our room in the background (peers' rooms may vouch already).
-            self._run_in_background(self._ensure_room, name)
+        """The serve policy, before every serve (cache hits included): the hash to serve,
+        from the attestations and the upstream; 409 on a conflict nobody can settle. An
+        upstream whose hash lost is never fetched from."""
+        room = await self._trust.view_for_serve(name)
         decision = self._trust.decide(room, filename, wanted.sha256, online)
         self._trust.handle_decision(name, room, filename, decision)
-        self._trust.maintainer_overrules(room, filename, wanted.sha256, decision)
         if decision.outcome is Outcome.CONFLICT:
             raise HttpError(http.CONFLICT, decision.reason)
+        changes: dict = {}
         if decision.sha256 and decision.sha256 != wanted.sha256:
-            wanted = attrs.evolve(wanted, sha256=decision.sha256)
-        return wanted, decision.outcome is Outcome.FIRST
-
-    async def _ensure_room(self, name: str) -> None:
-        try:
-            await self._trust.ensure_room(name)
-        except Exception:
-            logger.exception("could not create the package room of %s", name)
+            changes["sha256"] = decision.sha256
+        if decision.upstream_lost is not None:
+            # Nothing the losing upstream says of the file holds: not its size either.
+            changes["size"] = self._trust.attested_details(room, filename, decision.sha256)[0]
+            changes["url"] = ""
+            changes["not_from_upstream"] = (
+                f"the upstream now publishes other bytes for this file (sha256 {decision.upstream_lost}) than the "
+                f"attested sha256 {decision.sha256}, which the cache and the storage backends do not have; "
+                "the upstream's bytes are not served"
+            )
+        return (attrs.evolve(wanted, **changes) if changes else wanted), decision
 
     def _wanted(self, page: index.ProjectPage, name: str, filename: str) -> WantedFile:
         dist = page.file(filename)

@@ -310,6 +310,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             homeserver=homeserver,
             server_name=args.server_name,
             room_prefix=args.room_prefix,
+            bot_localpart=args.bot_localpart,
             trusted_keys=args.trusted_key,
             show_progress=_show_progress(args),
         )
@@ -329,7 +330,7 @@ def _trusted_key(text: str) -> Any:
 
 
 def _add_matrix_options(p: argparse.ArgumentParser) -> None:
-    from synapse_pypi._maintainer import DEFAULT_ROOM_PREFIX
+    from synapse_pypi._maintainer import DEFAULT_BOT_LOCALPART, DEFAULT_ROOM_PREFIX
 
     p.add_argument("--homeserver", metavar="URL", help="homeserver base URL (default: $SYNAPSE_PYPI_HOMESERVER)")
     p.add_argument("--token", help="your Matrix access token (default: $SYNAPSE_PYPI_TOKEN)")
@@ -341,6 +342,11 @@ def _add_matrix_options(p: argparse.ArgumentParser) -> None:
         "--room-prefix",
         default=DEFAULT_ROOM_PREFIX,
         help="the module's room_alias_prefix (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bot-localpart",
+        default=DEFAULT_BOT_LOCALPART,
+        help="the module's bot_localpart: only rooms its bot made are read (default: %(default)s)",
     )
     progress = p.add_mutually_exclusive_group()
     progress.add_argument(

@@ -41,6 +41,16 @@ def test_defaults():
     assert got.max_page_size == 64 * 1024**2
 
 
+def test_trust_and_queue_options():
+    got = parse_config({**BASE, "corroboration": 3, "cid_hint_timeout": "2s", "matrix_quiet": "500ms",
+                        "matrix_max_delay": "1m", "room_creation_rate": 10, "matrix_queue_size": 100})
+    assert (got.corroboration, got.cid_hint_timeout_s, got.matrix_quiet_s) == (3, 2.0, 0.5)
+    assert (got.matrix_max_delay_s, got.room_creation_rate, got.matrix_queue_size) == (60.0, 10, 100)
+    defaults = parse_config(dict(BASE))
+    assert (defaults.corroboration, defaults.cid_hint_timeout_s, defaults.matrix_quiet_s) == (2, 5.0, 0.25)
+    assert (defaults.room_creation_rate, defaults.matrix_queue_size) == (60, 10_000)
+
+
 def test_config_is_frozen():
     got = parse_config(dict(BASE))
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
@@ -66,6 +76,14 @@ def test_config_is_frozen():
         ({"max_cache_size": -5}, "max_cache_size", "negative"),
         ({"max_page_size": "12"}, "max_page_size", "at least 1K"),
         ({"colour": "blue"}, "colour", "try one of"),
+        ({"corroboration": 0}, "corroboration", "from 1 to 100"),
+        ({"corroboration": "two"}, "corroboration", "whole number"),
+        ({"corroboration": True}, "corroboration", "whole number"),
+        ({"room_creation_rate": 0}, "room_creation_rate", "whole number"),
+        ({"matrix_queue_size": 5}, "matrix_queue_size", "from 10"),
+        ({"matrix_quiet": "soon"}, "matrix_quiet", "duration"),
+        ({"matrix_max_delay": "0s"}, "matrix_max_delay", "greater than zero"),
+        ({"cid_hint_timeout": "0s"}, "cid_hint_timeout", "greater than zero"),
     ],
 )
 def test_bad_values_name_their_key(change, key, words):

@@ -1,0 +1,314 @@
+"""Publishing this server's word: package rooms, the bot's key, and its attestations.
+
+Everything here is a Matrix write, so it runs in the Matrix queue, after the requests that
+caused it have been answered (DESIGN.md §3). The serve path calls `served`, which returns at
+once.
+
+The bot attests only what this server verified: the sha256 of bytes it checked, and a CID only
+if one of its own storage backends computed it for those bytes (never a CID learnt from
+someone else's attestation). Its attestation of a file is written once: it is never replaced
+by one with another hash (what the mirror verified stays verified); after a moderator redacted
+it, the file is attested afresh when next served.
+"""
+
+import logging
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
+from synapse_pypi import index
+from synapse_pypi._config import PyPIConfig
+from synapse_pypi._matrix_queue import MatrixQueue
+from synapse_pypi._rooms import Rooms, to_room_event
+from synapse_pypi._store import Store
+from synapse_pypi.trust import (
+    ATTESTATION_TYPE,
+    KEY_TYPE,
+    Record,
+    RoomView,
+    Verdict,
+    build_content,
+    key_id,
+    state_key_for,
+    verify_key_base64,
+)
+from synapse_pypi.trust._fold import KEY_LEVEL_FIELD, POWER_LEVELS, PROJECT_FIELD
+
+logger = logging.getLogger(__name__)
+
+# Attested file names listed in one readable summary message at most.
+SUMMARY_FILES = 20
+
+
+class Publisher:
+    """Our rooms, key and attestations.
+
+    Args:
+        api: the ModuleApi.
+        config: the module config.
+        store: the module's tables.
+        queue: the Matrix queue.
+        rooms: the package rooms.
+        signing_key: this server's attestation key.
+        version_of: the version in a distribution file name, or None.
+    """
+
+    def __init__(
+        self,
+        api: Any,
+        config: PyPIConfig,
+        store: Store,
+        queue: MatrixQueue,
+        rooms: Rooms,
+        signing_key: Any,
+        version_of: Callable[[str], Optional[str]],
+    ):
+        self._api = api
+        self._config = config
+        self._store = store
+        self._queue = queue
+        self._rooms = rooms
+        self._key = signing_key
+        self._key_id = key_id(signing_key)
+        self._version_of = version_of
+        self.bot = rooms.bot
+        self._summaries: Dict[str, List[str]] = {}
+
+    # -- what the serve path calls ---------------------------------------------------
+
+    def served(self, project: str, dist: index.DistFile, sha256: str, size: int, verified_against: str) -> None:
+        """A file was served (or committed) with these bytes: attest it unless we have."""
+        if dist.filename.endswith(".metadata") or self._version_of(dist.filename) is None:
+            return
+        pt = self._rooms.projects.get(project)
+        room = pt.local if pt is not None else None
+        if room is not None:
+            mine = room.record(dist.filename, self.bot)
+            if mine is not None and mine.valid and mine.sha256 == sha256:
+                return
+        else:
+            self.make_room(project)
+        self._submit_attest(project, dist, sha256, size, verified_against)
+
+    def make_room(self, project: str) -> None:
+        """Queue the creation of our room for `project` (nothing happens if it exists)."""
+        self._queue.submit(project, ("room",), lambda: self._create(project))
+
+    def stored(self, project: str, dist: index.DistFile, sha256: str, size: int) -> None:
+        """One of our backends now holds the file (a CID): refresh our attestation with it."""
+        if self._version_of(dist.filename) is None:
+            return
+        pt = self._rooms.projects.get(project)
+        mine = pt.local.record(dist.filename, self.bot) if pt is not None and pt.local is not None else None
+        basis = "upstream"
+        if mine is not None and mine.valid and mine.attestation is not None:
+            basis = mine.attestation.verified_against or "upstream"
+        self._submit_attest(project, dist, sha256, size, basis)
+
+    def check_key(self, room: RoomView) -> None:
+        """A room of ours was read: it must name the key we sign with now, and only that one
+        (after a rotation, attestations made with the old key stop counting and the bot
+        attests again as files are served)."""
+        ev = next((e for e in room.key_events() if e.sender == self.bot), None)
+        current = ev.content.get("keys") if ev is not None and not ev.redacted else None
+        if isinstance(current, Mapping) and list(current) == [self._key_id]:
+            return
+        project = room.rules.project
+        self._queue.submit(project, ("key",), lambda: self._publish_key(room))
+
+    def restore(self, project: str, room: RoomView, filename: str) -> None:
+        """Someone overwrote our slot: send our attestation again, so that the room's state
+        (what peers and a restarted server read) carries it again."""
+        self._queue.submit(project, ("restore", filename), lambda: self._restore(room, filename))
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def _submit_attest(self, project: str, dist: index.DistFile, sha256: str, size: int, basis: str) -> None:
+        self._queue.submit(
+            project, ("attest", dist.filename), lambda: self._attest(project, dist, sha256, size, basis)
+        )
+
+    async def _create(self, project: str) -> None:
+        await self._rooms.create(project, self._create_room)
+
+    async def _create_room(self, project: str) -> str:
+        config = self._config
+        users = {m: config.moderator_power_level for m in config.moderators}
+        users.update({p: config.attestation_power_level for p in config.publishers})
+        users.pop(self.bot, None)  # v12: the creator must not be listed
+        room_id, _ = await self._api.create_room(
+            self.bot,
+            {
+                "preset": "public_chat",
+                "room_alias_name": f"{config.room_alias_prefix}{project}",
+                "name": f"{project} — attestations for files served by {self._api.server_name}",
+                "topic": (
+                    f"Signed attestations (sha256, size, CID) for the files of the Python project {project}, "
+                    f"published by the mirror {self._api.server_name} and other trusted publishers. "
+                    "Moderators: redact any attestation that is wrong."
+                ),
+                "creation_content": {PROJECT_FIELD: project, KEY_LEVEL_FIELD: config.trusted_key_power_level},
+                "power_level_content_override": {
+                    "users": users,
+                    # This map replaces Synapse's defaults, so it names every event that
+                    # shapes the room: moderators redact, they do not re-plumb the room.
+                    "events": {
+                        ATTESTATION_TYPE: config.attestation_power_level,
+                        KEY_TYPE: config.attestation_power_level,
+                        POWER_LEVELS: 100,
+                        "m.room.join_rules": 100,
+                        "m.room.history_visibility": 100,
+                        "m.room.canonical_alias": 100,
+                        "m.room.server_acl": 100,
+                        "m.room.encryption": 100,
+                        "m.room.tombstone": 100,
+                        "m.room.guest_access": 100,
+                        "m.room.name": 50,
+                        "m.room.topic": 50,
+                        "m.room.avatar": 50,
+                    },
+                    "redact": config.moderator_power_level,
+                    "state_default": 50,
+                    "events_default": 0,
+                },
+            },
+            # The Matrix queue paces room creation (room_creation_rate); Synapse's own
+            # per-user limit would only make the queue's jobs fail.
+            ratelimit=False,
+        )
+        # The key goes in before any attestation, in the same job.
+        await self._send_key(str(room_id))
+        return str(room_id)
+
+    async def _publish_key(self, room: RoomView) -> None:
+        try:
+            ev = await self._send_key(room.room_id)
+        except Exception as e:
+            logger.warning("could not publish our key in %s: %s", room.room_id, e)
+            return
+        self.restate(room, room.apply(to_room_event(ev)).lost)
+
+    def restate(self, room: RoomView, lost: Iterable[Record]) -> None:
+        """Our attestations that stopped counting because our key changed: state them again,
+        signed with the key we sign with now (the same claims: what we verified stays
+        verified). Not after a redaction: a moderator's decision is not undone."""
+        project = room.rules.project
+        for rec in lost:
+            now = room.record(rec.filename, rec.publisher)
+            att = rec.attestation
+            if rec.publisher == self.bot and att is not None and now is not None and now.verdict is Verdict.UNKNOWN_KEY:
+                dist = index.DistFile(
+                    filename=att.filename,
+                    url=att.upstream_url or "",
+                    hashes={"sha256": att.sha256},
+                    requires_python=att.requires_python,
+                )
+                self._submit_attest(project, dist, att.sha256, att.size, att.verified_against or "upstream")
+
+    async def _send_key(self, room_id: str) -> Any:
+        ev = await self._api.create_and_send_event_into_room(
+            {
+                "type": KEY_TYPE,
+                "room_id": room_id,
+                "sender": self.bot,
+                "state_key": self.bot,
+                "content": {"keys": {self._key_id: verify_key_base64(self._key)}},
+            }
+        )
+        logger.info("published key %s in %s", self._key_id, room_id)
+        return ev
+
+    async def _attest(self, project: str, dist: index.DistFile, sha256: str, size: int, basis: str) -> None:
+        version = self._version_of(dist.filename)
+        pt = await self._rooms.view(project)
+        room = pt.local
+        if room is None or version is None:
+            logger.info("not attesting %s/%s: no package room yet", project, dist.filename)
+            return
+        cid = await self._store.own_cid(sha256)
+        mine = room.record(dist.filename, self.bot)
+        if mine is not None and mine.valid:
+            if mine.sha256 != sha256:
+                # Write-once: what we attested stays attested; the serve policy decides.
+                logger.error(
+                    "not attesting %s/%s as %s: we attested %s for it", project, dist.filename, sha256, mine.sha256
+                )
+                return
+            if cid is None or mine.cid == cid:
+                return
+        content = build_content(
+            project=project,
+            version=version,
+            filename=dist.filename,
+            size=size,
+            sha256=sha256,
+            cid=cid,
+            upstream_url=dist.url or None,
+            requires_python=dist.requires_python,
+            timestamp=int(time.time() * 1000),
+            publisher=self.bot,
+            signing_key=self._key,
+            verified_against=basis,
+        )
+        ev = await self._api.create_and_send_event_into_room(
+            {
+                "type": ATTESTATION_TYPE,
+                "room_id": room.room_id,
+                "sender": self.bot,
+                "state_key": state_key_for(dist.filename, self.bot),
+                "content": content,
+            }
+        )
+        # on_new_event will see it too; record it now so the next serve already knows.
+        rev = to_room_event(ev)
+        room.apply(rev)
+        self._rooms.keep(room, [rev])
+        logger.info("attested %s/%s sha256 %s cid %s", project, dist.filename, sha256, cid)
+        if mine is None or not mine.valid:
+            self._summarise(project, room, dist.filename, sha256)
+
+    def _summarise(self, project: str, room: RoomView, filename: str, sha256: str) -> None:
+        """One readable message per batch of new attestations: Element and other clients
+        hide custom state events, so a person in the room sees what was attested."""
+        self._summaries.setdefault(project, []).append(f"{filename} (sha256 {sha256})")
+        self._queue.submit(project, ("summary",), lambda: self._post_summary(project, room))
+
+    async def _post_summary(self, project: str, room: RoomView) -> None:
+        done = self._summaries.pop(project, [])
+        if not done:
+            return
+        shown = done[:SUMMARY_FILES]
+        more = f", and {len(done) - len(shown)} more" if len(done) > len(shown) else ""
+        noun = "file" if len(done) == 1 else "files"
+        text = f"{self._api.server_name} verified and attested {len(done)} {noun}: {', '.join(shown)}{more}."
+        try:
+            await self._api.create_and_send_event_into_room(
+                {
+                    "type": "m.room.message",
+                    "room_id": room.room_id,
+                    "sender": self.bot,
+                    "content": {"msgtype": "m.notice", "body": text},
+                }
+            )
+        except Exception as e:
+            logger.warning("could not post a summary in %s: %s", room.room_id, e)
+
+    async def _restore(self, room: RoomView, filename: str) -> None:
+        mine = room.record(filename, self.bot)
+        ev = room.event_for(mine.event_id) if mine is not None and mine.valid else None
+        if ev is None:
+            return
+        try:
+            sent = await self._api.create_and_send_event_into_room(
+                {
+                    "type": ATTESTATION_TYPE,
+                    "room_id": room.room_id,
+                    "sender": self.bot,
+                    "state_key": state_key_for(filename, self.bot),
+                    "content": dict(ev.content),
+                }
+            )
+        except Exception as e:
+            logger.warning("could not restore our attestation of %s in %s: %s", filename, room.room_id, e)
+            return
+        room.apply(to_room_event(sent))
+        logger.info("restored our attestation of %s in %s after someone overwrote it", filename, room.room_id)
