@@ -104,6 +104,7 @@ def fed(tmp_path_factory) -> Iterator[Federation]:
                 "upstream_url": upstream.url, "upstream_timeout": "3s", "upstream_retry_interval": 0,
                 "storage_providers": storage(node_b),
                 "peers": [name_a],
+                "moderators": [f"@admin:{name_b}"],
                 "trusted_keys": {f"@pypi-bot:{name_a}": [public_key_string(key_a)],
                                  f"@liar:{name_a}": [public_key_string(liar_key)]},
             },
@@ -195,30 +196,45 @@ def test_a_lying_publisher_is_caught_by_both(fed):
         assert status == 200 and hashlib.sha256(body).hexdigest() == sha256_file(path)
 
 
-def test_with_upstream_down_b_answers_409_naming_publishers(fed):
-    path = fed.root / "alpha" / wheel_filename("alpha", "2.0")
-    # A serves and attests the file; B has the page and reads A's room.
-    assert http_request(f"{fed.a.url}/simple/alpha/{path.name}", timeout=60)[0] == 200
-    room = fed.a_room("alpha")
-    assert http_request(f"{fed.b.url}/simple/alpha/", timeout=60)[0] == 200
-    poll(lambda: any(a["publisher"] == fed.bot(fed.a) and a["verdict"] == "valid"
-                     for a in fed.status(fed.b, fed.admin_b, "alpha", path.name)["attestations"]),
-         what="B sees A's attestation")
-    fed.liar.send_state(room, KEY_TYPE, fed.liar.user_id,
-                        {"keys": {f"ed25519:{fed.liar_key.version}": verify_key_base64(fed.liar_key)}})
+def test_with_upstream_down_b_keeps_what_it_verified_and_refuses_what_it_cannot_tell(fed):
+    verified = fed.root / "alpha" / wheel_filename("alpha", "2.0")
+    unverified = fed.root / "beta" / "beta-1.0.tar.gz"
+    # A serves and attests both files; B serves (so verifies and attests) one, and has the
+    # page of the other.
+    for path in (verified, unverified):
+        project = path.parent.name
+        assert http_request(f"{fed.a.url}/simple/{project}/{path.name}", timeout=60)[0] == 200
+    assert http_request(f"{fed.b.url}/simple/alpha/{verified.name}", timeout=60)[0] == 200
+    assert http_request(f"{fed.b.url}/simple/beta/", timeout=60)[0] == 200
+    rooms = {project: fed.a_room(project) for project in ("alpha", "beta")}
+    for path in (verified, unverified):
+        project = path.parent.name
+        poll(lambda p=project, f=path.name: any(
+            a["publisher"] == fed.bot(fed.a) and a["verdict"] == "valid"
+            for a in fed.status(fed.b, fed.admin_b, p, f)["attestations"]), what=f"B sees A's {path.name}")
+    poll(lambda: any(a["publisher"] == fed.bot(fed.b) and a["verdict"] == "valid"
+                     for a in fed.status(fed.b, fed.admin_b, "alpha", verified.name)["attestations"]),
+         what="B's own attestation")
+    for room in rooms.values():
+        fed.liar.send_state(room, KEY_TYPE, fed.liar.user_id,
+                            {"keys": {f"ed25519:{fed.liar_key.version}": verify_key_base64(fed.liar_key)}})
     fed.upstream.stop()
     try:
-        # Without the upstream the mirrors' pages go stale: nobody can tell who is right.
         for admin in (fed.admin_a, fed.admin_b):
-            admin.call("POST", "/_synapse/pypi/v1/projects/alpha/reverify", {})
-        _lie(fed, room, path, "34" * 32)
-        poll(lambda: any(a["publisher"] == fed.liar.user_id and a["verdict"] == "valid"
-                         for a in fed.status(fed.b, fed.admin_b, "alpha", path.name)["attestations"]),
-             what="B sees the claim")
-        status, _, body = http_request(f"{fed.b.url}/simple/alpha/{path.name}", timeout=60)
-        assert status == 409, body
-        text = body.decode()
-        assert fed.liar.user_id in text and fed.bot(fed.a) in text
+            for project in rooms:
+                admin.call("POST", f"/_synapse/pypi/v1/projects/{project}/reverify", {})
+        for path in (verified, unverified):
+            _lie(fed, rooms[path.parent.name], path, "34" * 32)
+            poll(lambda f=path.name, p=path.parent.name: any(
+                a["publisher"] == fed.liar.user_id and a["verdict"] in ("valid", "redacted")
+                for a in fed.status(fed.b, fed.admin_b, p, f)["attestations"]), what="B sees the claim")
+        # What B verified itself stays verified, upstream or not.
+        status, _, body = http_request(f"{fed.b.url}/simple/alpha/{verified.name}", timeout=60)
+        assert status == 200 and hashlib.sha256(body).hexdigest() == sha256_file(verified)
+        # The other, which B has checked nothing of: A's bot and the cached upstream page
+        # against a liar on A's own server are two sources against one: A's hash wins.
+        status, _, body = http_request(f"{fed.b.url}/simple/beta/{unverified.name}", timeout=60)
+        assert status == 200 and hashlib.sha256(body).hexdigest() == sha256_file(unverified)
     finally:
         fed.upstream.start()
 
@@ -312,3 +328,43 @@ def test_b_with_a_cached_page_fetches_an_uncached_file_by_a_attested_cid(fed):
         assert f"{path.name}: fetched from kubo" in fed.b.log_text()
     finally:
         fed.upstream.start()
+
+
+def test_peer_aliases_cannot_detach_or_replace_our_views(fed):
+    """A's users bind A's package aliases to rooms of their choice: B's own room, A's room for
+    another project, a room of their own. B ignores each one and reports it, and its own
+    room's view stays live."""
+    wheel = fed.root / "gamma" / wheel_filename("gamma", "1.0")
+    fed.admin_b.call("POST", "/_synapse/pypi/v1/projects/gamma/room", {})
+    b_room = join_when_ready(fed.admin_b, f"#pypi-gamma:{fed.b.server_name}")
+    assert http_request(f"{fed.a.url}/simple/alpha/{wheel_filename('alpha', '1.0')}", timeout=60)[0] == 200
+    a_alpha = join_when_ready(fed.admin_a, f"#pypi-alpha:{fed.a.server_name}")
+    own = fed.liar.call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"})["room_id"]
+    fed.liar.call("POST", f"/_matrix/client/v3/join/{b_room}?server_name={fed.b.server_name}", {})
+    fed.liar.join(a_alpha)
+    for project, target in (("gamma", b_room), ("delta-pkg", a_alpha), ("beta", own)):
+        alias = f"#pypi-{project}:{fed.a.server_name}"
+        try:
+            fed.admin_a.call("DELETE", f"/_matrix/client/v3/directory/room/{alias.replace('#', '%23')}")
+        except Exception:  # noqa: BLE001 - the alias may not exist yet
+            pass
+        fed.liar.call("PUT", f"/_matrix/client/v3/directory/room/{alias.replace('#', '%23')}", {"room_id": target})
+    for project, filename in (("gamma", wheel.name), ("delta-pkg", wheel_filename("Delta_Pkg", "1.0")),
+                              ("beta", wheel_filename("beta", "1.0"))):
+        fed.admin_b.call("POST", f"/_synapse/pypi/v1/projects/{project}/reverify", {})
+        assert http_request(f"{fed.b.url}/simple/{project}/{filename}", timeout=60)[0] == 200
+        assert fed.status(fed.b, fed.admin_b, project, filename)["peer_rooms"] == {}
+    ignored = {r["alias"]: r["why"] for r in fed.admin_b.call("GET", "/_synapse/pypi/v1/trust")["ignored_rooms"]}
+    assert "already our room for gamma" in ignored[f"#pypi-gamma:{fed.a.server_name}"]
+    assert "alpha" in ignored[f"#pypi-delta-pkg:{fed.a.server_name}"]
+    assert "not by" in ignored[f"#pypi-beta:{fed.a.server_name}"]
+    # B's own room is still B's view, fed live: B's moderator redacts B's bot's attestation.
+    status = fed.status(fed.b, fed.admin_b, "gamma", wheel.name)
+    assert status["room_id"] == b_room
+    mine = poll(lambda: [a for a in fed.status(fed.b, fed.admin_b, "gamma", wheel.name)["attestations"]
+                         if a["publisher"] == fed.bot(fed.b) and a["verdict"] == "valid"], what="B attests")[0]
+    fed.admin_b.redact(b_room, mine["event_id"], "checking the view is live")
+    poll(lambda: any(a["event_id"] == mine["event_id"] and a["verdict"] == "redacted"
+                     for a in fed.status(fed.b, fed.admin_b, "gamma", wheel.name)["attestations"]),
+         what="the redaction reaches B's view")
+

@@ -65,8 +65,11 @@ class Maint:
         return [Path(shutil.copy(p, dist / p.name)) for p in built]
 
     def serve(self, project: str) -> str:
-        """Fetch the project's page through the homeserver; return its room once joinable."""
+        """Fetch the project's page through the homeserver and have its room made (the admin
+        API: a room comes with the first file served, and a maintainer may attest before);
+        return the room once joinable."""
         assert http_request(f"{self.hs.url}/simple/{project}/", timeout=60)[0] == 200
+        self.admin.call("POST", f"/_synapse/pypi/v1/projects/{project}/room", {})
         room_id = join_when_ready(self.admin, self.alias(project))
         return room_id
 
@@ -409,3 +412,70 @@ def test_verify_finds_the_maintainers_vouch_under_an_overwrite(mt, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert _status_of(result) == [("verified", wheel.name, sha256_file(wheel))]
     assert f"attested by {mt.maintainer.user_id}" in result.stdout
+
+
+def test_verify_and_the_mirror_judge_a_room_alike(mt, tmp_path):
+    """One fold of room state: what `synapse-pypi verify` reads from a room is what the mirror
+    relies on, record by record, over every kind of event a room can hold."""
+    from synapse_pypi._maintainer import Homeserver, fold_room, owners_events
+    from synapse_pypi.trust import build_content, generate_key, key_id, verify_key_base64
+
+    wheel, sdist = mt.release("alike-pkg", tmp_path / "dist")
+    room = mt.serve("alike-pkg")
+    assert http_request(f"{mt.hs.url}/simple/alike-pkg/{wheel.name}", timeout=60)[0] == 200
+    _keygen(tmp_path)
+    assert mt.attest("--publish-key", f"dist/{sdist.name}", cwd=tmp_path).returncode == 0
+    other_key = generate_key()
+
+    def content(filename: str, sha: str, project: str = "alike-pkg", key=other_key, publisher=None) -> dict:
+        return build_content(project=project, version="1.0", filename=filename, size=1, sha256=sha, cid=None,
+                             upstream_url=None, requires_python=None, timestamp=1,
+                             publisher=publisher or mt.other.user_id, signing_key=key)
+
+    mt.other.join(room)
+    # Before its key is published: unknown key. Then valid. Into the maintainer's slot:
+    # impersonation. Another project's. And one redacted by the bot as invalid.
+    mt.other.send_state(room, ATTESTATION_TYPE, state_key_for(wheel.name, mt.other.user_id),
+                        content(wheel.name, sha256_file(wheel)))
+    mt.other.send_state(room, KEY_TYPE, mt.other.user_id, {"keys": {key_id(other_key): verify_key_base64(other_key)}})
+    mt.other.send_state(room, ATTESTATION_TYPE, state_key_for(sdist.name, mt.maintainer.user_id),
+                        content(sdist.name, "ab" * 32))
+    mt.other.send_state(room, ATTESTATION_TYPE, state_key_for("alike_pkg-9.0.tar.gz", mt.other.user_id),
+                        content("alike_pkg-9.0.tar.gz", "cd" * 32, project="beta"))
+    mt.other.send_state(room, ATTESTATION_TYPE, state_key_for("alike_pkg-8.0.tar.gz", mt.other.user_id),
+                        {"schema": 1, "filename": "alike_pkg-8.0.tar.gz"})
+    # Signed with a key nobody published: reported, not redacted (it may be published later).
+    mt.other.send_state(room, ATTESTATION_TYPE, state_key_for("alike_pkg-7.0.tar.gz", mt.other.user_id),
+                        content("alike_pkg-7.0.tar.gz", "ef" * 32, key=generate_key()))
+    bot = f"@pypi-bot:{mt.hs.server_name}"
+    poll(lambda: mt.verdicts("alike-pkg", wheel.name).get(bot) == "valid"
+         and mt.verdicts("alike-pkg", wheel.name).get(mt.other.user_id) == "valid", what="wheel vouches")
+    poll(lambda: mt.verdicts("alike-pkg", "alike_pkg-8.0.tar.gz").get(mt.other.user_id) == "redacted",
+         what="the malformed one redacted")
+    poll(lambda: mt.verdicts("alike-pkg", "alike_pkg-7.0.tar.gz").get(mt.other.user_id) == "unknown_key",
+         what="the unknown key seen")
+
+    def module_view() -> set:
+        out = set()
+        for filename in (wheel.name, sdist.name, "alike_pkg-9.0.tar.gz", "alike_pkg-8.0.tar.gz",
+                         "alike_pkg-7.0.tar.gz"):
+            status = mt.admin.call("GET", f"/_synapse/pypi/v1/projects/alike-pkg/files/{filename}")
+            out |= {(a["event_id"], a["verdict"]) for a in status["attestations"]}
+        return out
+
+    homeserver = Homeserver(mt.hs.url, mt.admin.token)
+    view = fold_room(owners_events(homeserver, room, homeserver.state(room)), "alike-pkg", {}, room)
+    cli_view = {(r.event_id, r.verdict.name.lower()) for r in view.records() + view.intruders()}
+    assert cli_view == module_view()
+    assert {v for _, v in cli_view} == {"valid", "redacted", "unknown_key"} and len(cli_view) == 7
+
+
+def test_verify_refuses_a_room_the_mirrors_bot_did_not_make(mt, tmp_path):
+    (wheel,) = mt.release("squat-pkg", tmp_path / "dist", sdist=False)
+    squatter = Client.register(mt.hs, "squatter2")
+    squatter.call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "room_alias_name": "pypi-squat-pkg"})
+    result = mt.verify(f"dist/{wheel.name}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _status_of(result) == [("unknown", wheel.name, sha256_file(wheel))]
+    assert f"made by {squatter.user_id}, not by the mirror's bot" in result.stdout
+

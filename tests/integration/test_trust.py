@@ -55,7 +55,9 @@ class TrustMirror:
         return f"#pypi-{project}:{self.hs.server_name}"
 
     def room(self, project: str) -> str:
-        """The project's room id, with the admin, moderator and publisher joined (a public room)."""
+        """The project's room id (made through the admin API if no file was served yet), with
+        the admin, moderator and publisher joined (a public room)."""
+        self.admin.call("POST", f"/_synapse/pypi/v1/projects/{project}/room", {})
         room_id = join_when_ready(self.admin, self.alias(project))
         for client in (self.moderator, self.publisher):
             client.join(room_id)
@@ -171,11 +173,11 @@ def test_room_per_project_with_power_levels_name_and_key(tm):
 
 
 def test_ten_concurrent_first_requests_make_one_room(tm):
-    build_wheel(project_dir(tm.root, "crowd"), "crowd", "1.0")
+    path = build_wheel(project_dir(tm.root, "crowd"), "crowd", "1.0")
     results = []
 
     def hit():
-        results.append(http_request(f"{tm.hs.url}/simple/crowd/", timeout=60)[0])
+        results.append(http_request(f"{tm.hs.url}/simple/crowd/{path.name}", timeout=60)[0])
 
     threads = [threading.Thread(target=hit) for _ in range(10)]
     for t in threads:
@@ -183,7 +185,7 @@ def test_ten_concurrent_first_requests_make_one_room(tm):
     for t in threads:
         t.join()
     assert results == [200] * 10
-    room = tm.room("crowd")
+    room = join_when_ready(tm.admin, tm.alias("crowd"))
     rooms = tm.admin.call("GET", "/_synapse/admin/v1/rooms?search_term=crowd&limit=100")["rooms"]
     assert [r["room_id"] for r in rooms] == [room]  # exactly one, no orphans
 
@@ -291,27 +293,54 @@ def test_moderator_redaction_takes_effect_and_the_next_serve_attests_again(tm):
     poll(new_vouch, what="attested again")
 
 
-def test_conflict_without_upstream_is_409_naming_publishers(tm, tmp_path):
+def test_a_rogue_publisher_after_the_mirror_verified_is_fraud_even_offline(tm):
+    """What the mirror verified itself stays verified: with the upstream down, a later
+    contradiction is fraud, not a reason to refuse the file."""
     path, room = tm.cache_and_attest("disputed")
     tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
                             {"keys": {f"ed25519:{tm.publisher_key.version}": verify_key_base64(tm.publisher_key)}})
     tm.upstream.stop()
     try:
-        # Re-verifying without the upstream leaves the page stale: the upstream's word is old.
         tm.admin.call("POST", "/_synapse/pypi/v1/projects/disputed/reverify", {})
-        tm.publish(room, path, sha256="ef" * 32)
-        poll(lambda: tm.verdicts("disputed", path.name).get(tm.publisher.user_id) == "valid", what="valid claim")
+        event_id = tm.publish(room, path, sha256="ef" * 32)
+        poll(lambda: tm.verdicts("disputed", path.name).get(tm.publisher.user_id) == "redacted", what="redacted")
+        flagged = tm.admin.call("GET", "/_synapse/pypi/v1/projects/disputed/flagged")["flagged"]
+        assert [(f["event_id"], f["kind"]) for f in flagged] == [(event_id, "fraud")]
         status, _, body = tm.get("disputed", path.name)
-        assert status == 409
-        assert tm.bot in body.decode() and tm.publisher.user_id in body.decode()
+        assert status == 200 and body == path.read_bytes()
+        assert tm.verdicts("disputed", path.name)[tm.bot] == "valid"
     finally:
         tm.upstream.start()
-    # With the upstream back, it decides: the publisher's claim is fraud and goes.
-    result = tm.admin.call("POST", "/_synapse/pypi/v1/projects/disputed/reverify", {})
-    assert [f["fraud"] for f in result["files"]] == [[[tm.publisher.user_id, "ef" * 32]]]
-    poll(lambda: tm.verdicts("disputed", path.name).get(tm.publisher.user_id) == "redacted", what="redacted")
-    status, _, body = tm.get("disputed", path.name)
-    assert status == 200 and body == path.read_bytes()
+
+
+def test_a_rogue_publisher_before_the_first_fetch_is_409_and_summons_moderators(tm):
+    """One publisher against the upstream, and the mirror has verified nothing yet: nobody
+    can tell who lies. Neither the rogue's bytes nor a silent choice: 409 naming both."""
+    path = build_wheel(project_dir(tm.root, "early-lie"), "early-lie", "1.0")
+    room = tm.room("early-lie")
+    tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,
+                            {"keys": {f"ed25519:{tm.publisher_key.version}": verify_key_base64(tm.publisher_key)}})
+    tm.publish(room, path, sha256="ef" * 32)
+    poll(lambda: tm.verdicts("early-lie", path.name).get(tm.publisher.user_id) == "valid", what="valid claim")
+    status, _, body = tm.get("early-lie", path.name)
+    assert status == 409, body
+    text = body.decode()
+    assert tm.publisher.user_id in text and "the upstream index" in text and "ef" * 6 in text
+    notice = poll(lambda: [n for n in tm.admin.notices(room) if n.startswith("Conflict over")], what="summons")[0]
+    assert path.name in notice and sha256_file(path) in notice and "ef" * 32 in notice
+    assert tm.moderator.user_id in notice
+    # The page offers the file without a hash rather than with either side's.
+    page = json.loads(http_request(f"{tm.hs.url}/simple/early-lie/",
+                                   headers={"Accept": "application/vnd.pypi.simple.v1+json"}, timeout=60)[2])
+    assert [f["hashes"] for f in page["files"]] == [{}]
+    flagged = tm.admin.call("GET", "/_synapse/pypi/v1/projects/early-lie/flagged")
+    assert [f["kind"] for f in flagged["flagged"]] == ["conflict"] and flagged["conflict_count"] >= 1
+    # A moderator settles it by redacting the rogue's attestation.
+    rogue = [a for a in tm.status("early-lie", path.name)["attestations"]
+             if a["publisher"] == tm.publisher.user_id][0]
+    tm.moderator.redact(room, rogue["event_id"], "checked: the upstream's file is right")
+    poll(lambda: tm.get("early-lie", path.name)[0] == 200, what="served after the moderator decided")
+    assert tm.get("early-lie", path.name)[2] == path.read_bytes()
 
 
 def test_offline_page_from_the_room_and_install(tm, tmp_path):
@@ -381,6 +410,7 @@ def test_pinned_maintainer_outranks_a_tampered_upstream(tm):
     # An attacker who controls the upstream replaces the file and its hash in the index.
     upstream_path = tm.upstream.file_path("pinned-pkg", path.name)
     replaced = tm.upstream.fault(upstream_path, "replace", content=b"evil" * 5000)
+    fetched_before = tm.upstream.hit_count(upstream_path)
     try:
         tm.admin.call("POST", "/_synapse/pypi/v1/projects/pinned-pkg/reverify", {})
         status, _, page = http_request(f"{tm.hs.url}/simple/pinned-pkg/",
@@ -388,9 +418,11 @@ def test_pinned_maintainer_outranks_a_tampered_upstream(tm):
         files = {f["filename"]: f for f in json.loads(page)["files"]}
         assert files[path.name]["hashes"] == {"sha256": good_sha}  # the maintainer's, not the upstream's
         status, _, body = tm.get("pinned-pkg", path.name)
-        assert status == 502 and b"sha256 mismatch" in body  # the tampered bytes are never served
+        # The tampered bytes are never fetched, let alone served.
+        assert status == 502 and b"the upstream now publishes other bytes" in body
+        assert tm.upstream.hit_count(upstream_path) == fetched_before
         assert hashlib.sha256(body).hexdigest() != replaced["sha256"]
-        notice = poll(lambda: [n for n in tm.admin.notices(room) if "contradicts the maintainer" in n], what="notice")[0]
+        notice = poll(lambda: [n for n in tm.admin.notices(room) if "Upstream contradicts" in n], what="notice")[0]
         assert replaced["sha256"] in notice and good_sha in notice and tm.maintainer.user_id in notice
     finally:
         tm.upstream.clear_faults()
@@ -556,8 +588,10 @@ def test_a_rotated_key_replaces_the_old_one_and_the_bot_attests_again(synapse_fa
     assert status == 200 and body == path.read_bytes()
     room = admin.room_id(f"#pypi-rotated:{hs.server_name}")
     admin.join(room)
-    # The room names the new key only; the bot's attestation is made again with it.
-    assert admin.state_event(room, KEY_TYPE, bot)["keys"] == {key_id(new_key): verify_key_base64(new_key)}
+    # The room names the new key only (published through the Matrix queue); the bot's
+    # attestation is made again with it.
+    poll(lambda: admin.state_event(room, KEY_TYPE, bot)["keys"] == {key_id(new_key): verify_key_base64(new_key)},
+         what="the new key published")
     new = poll(lambda: (a := bot_attestation()) and a["verdict"] == "valid" and a["event_id"] != old["event_id"]
                and a, what="attested again")
     content = admin.state_event(room, ATTESTATION_TYPE, state_key_for(path.name, bot))
@@ -583,3 +617,22 @@ def test_the_samples_alias_rules_keep_others_off_package_aliases(synapse_factory
     room = join_when_ready(user, f"#pypi-ruled:{hs.server_name}")
     create = [e for e in user.state(room) if e["type"] == "m.room.create"][0]
     assert create["sender"] == f"@pypi-bot:{hs.server_name}"
+
+
+def test_a_local_alias_moved_onto_another_projects_room_is_reclaimed(tm):
+    x_path, x_room = tm.cache_and_attest("moved-x")
+    y_path, y_room = tm.cache_and_attest("moved-y")
+    alias = tm.alias("moved-x").replace("#", "%23")
+    tm.admin.call("DELETE", f"/_matrix/client/v3/directory/room/{alias}")
+    tm.admin.call("PUT", f"/_matrix/client/v3/directory/room/{alias}", {"room_id": y_room})
+    tm.admin.call("POST", "/_synapse/pypi/v1/projects/moved-x/reverify", {})
+    # The alias is taken back from y's room; x gets a room of its own again when served.
+    status, _, body = tm.get("moved-x", x_path.name)
+    assert status == 200 and body == x_path.read_bytes()
+    poll(lambda: tm.admin.room_id(tm.alias("moved-x")) not in (y_room, x_room), what="a new room for x")
+    assert [line for line in tm.hs.log_text().splitlines()
+            if "reclaiming the alias" in line and tm.alias("moved-x") in line and "moved-y" in line]
+    # y's room is still y's, and y's view untouched.
+    assert tm.status("moved-y", y_path.name)["room_id"] == y_room
+    assert tm.verdicts("moved-y", y_path.name)[tm.bot] == "valid"
+

@@ -103,3 +103,15 @@ def test_commented_examples_in_the_sample_parse(monkeypatch):
         assert key in module_config, key
     parsed = parse_config(module_config)
     assert parsed.moderators and parsed.publishers and parsed.trusted_keys and parsed.maintainer_keys
+
+
+def test_every_test_the_trust_model_names_exists():
+    """docs/trust-model.md backs each scenario with a named test: the names must be real."""
+    text = (ROOT / "docs" / "trust-model.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`((?:, `::\w+`)*)", text)
+    assert len(named) >= 10
+    for path, first, more in named:
+        source = (ROOT / path).read_text(encoding="utf-8")
+        for name in [first, *re.findall(r"::(\w+)", more)]:
+            assert re.search(rf"^def {name}\(", source, re.MULTILINE), f"{path} has no test {name}"
+
