@@ -70,6 +70,9 @@ class PyPIConfig:
     peers: Tuple[str, ...] = ()
     peer_timeout_s: float = 5.0
     peer_retry_s: float = 60.0
+    # Peer room lookups that project page views may start, per minute (file requests always
+    # ask the peers).
+    peer_lookup_rate: int = 120
     # The serve policy: independent sources a side of a disagreement needs to win on its own.
     corroboration: int = 2
     # How long CIDs learnt from others' attestations are tried, all together, before the
@@ -99,6 +102,7 @@ KNOWN_KEYS = frozenset(
         "peers",
         "peer_timeout",
         "peer_retry_interval",
+        "peer_lookup_rate",
         "corroboration",
         "cid_hint_timeout",
         "matrix_quiet",
@@ -392,6 +396,7 @@ def _parse_trust(config: Mapping[str, Any]) -> dict:
     if "matrix_quiet" in config:
         out["matrix_quiet_s"] = parse_duration_ms(config["matrix_quiet"], "matrix_quiet") / 1000
     for key, low, high in (("corroboration", 1, 100), ("room_creation_rate", 1, 1_000_000),
+                           ("peer_lookup_rate", 1, 1_000_000),
                            ("matrix_queue_size", 10, 10_000_000)):
         if key in config:
             value = config[key]

@@ -125,6 +125,10 @@ class Rooms:
         self._rooms: Dict[str, RoomView] = {}  # room id -> view
         self._owners: Dict[str, Tuple[str, str]] = {}  # room id -> (project, LOCAL or peer)
         self._flights = SingleFlight()
+        # Peer lookups that page views may start: a token bucket (a minute's burst), so that
+        # unauthenticated page views cannot make the server ask its peers without bound.
+        self._lookup_tokens = float(config.peer_lookup_rate)
+        self._lookup_tokens_at = time.monotonic()
         #: Rooms we refused to read, newest last (for the admin API).
         self.ignored: List[Dict[str, str]] = []
 
@@ -153,13 +157,20 @@ class Rooms:
             return pt
         return await self._flights.run(("load", project), lambda: self._load(project))
 
-    async def with_peers(self, project: str) -> ProjectTrust:
+    async def with_peers(self, project: str, page_view: bool = False) -> ProjectTrust:
         """`view`, with peers' rooms joined and read the first time (each within
-        `peer_timeout`), and unreachable ones tried again in the background later."""
+        `peer_timeout`), and unreachable ones tried again in the background later.
+
+        Args:
+            page_view: the caller serves a project page, not a file: the first lookup is
+                subject to `peer_lookup_rate` (without a token, the page goes by what is
+                known; the file request that follows still asks the peers)."""
         pt = await self.view(project)
         if not self._config.peers:
             return pt
         if not pt.peers_tried:
+            if page_view and not self._lookup_token():
+                return pt
             await self._flights.run(("peers", project), lambda: self._first_peers(pt))
         else:
             self._maybe_retry_peers(pt)
@@ -192,7 +203,7 @@ class Rooms:
     async def _check_local(self, project: str, room_id: str, alias: str) -> Tuple[Optional[str], Optional[RoomView]]:
         owner = self._owners.get(room_id)
         if owner is not None and owner != (project, LOCAL):
-            return f"is already the room of {_owner_name(owner)}", None
+            return f"is already {_owner_name(owner)}", None
         state = await self._api.get_room_state(room_id)
         create = state.get(("m.room.create", ""))
         if create is None or create.sender != self.bot:
@@ -263,7 +274,7 @@ class Rooms:
         view = fold(room_id, self._rules_for(project, local), events)
         view.alias = alias
         if not self.register(project, LOCAL if local else _peer_of(alias), view):
-            raise RuntimeError(f"{room_id} is already the room of {_owner_name(self._owners[room_id])}")
+            raise RuntimeError(f"{room_id} is already {_owner_name(self._owners[room_id])}")
         self.keep(view)
         return view
 
@@ -358,7 +369,7 @@ class Rooms:
         room_id, servers = await self._api.lookup_room_alias(alias)
         owner = self._owners.get(room_id)
         if owner is not None and owner != (project, peer):
-            self._refuse_peer(alias, room_id, f"resolves to {room_id}, already the room of {_owner_name(owner)}")
+            self._refuse_peer(alias, room_id, f"resolves to {room_id}, which is {_owner_name(owner)}")
             return None
         membership = await self._api.get_room_state(room_id, [("m.room.member", self.bot)])
         member = membership.get(("m.room.member", self.bot))
@@ -400,6 +411,16 @@ class Rooms:
             return await make_deferred_yieldable(d)
         except defer.TimeoutError:
             raise TimeoutError(f"no answer within {self._config.peer_timeout_s:g}s")
+
+    def _lookup_token(self) -> bool:
+        rate = self._config.peer_lookup_rate
+        now = time.monotonic()
+        self._lookup_tokens = min(float(rate), self._lookup_tokens + (now - self._lookup_tokens_at) * rate / 60.0)
+        self._lookup_tokens_at = now
+        if self._lookup_tokens < 1:
+            return False
+        self._lookup_tokens -= 1
+        return True
 
     def _maybe_retry_peers(self, pt: ProjectTrust) -> None:
         """Peers we could not reach are tried again, in the background, after a while."""

@@ -163,6 +163,11 @@ class TrustService:
         within `peer_timeout`)."""
         return await self.rooms.with_peers(project)
 
+    async def view_for_page(self, project: str) -> ProjectTrust:
+        """What a project page needs: as for a file, so that the page carries the hash the
+        file will be served with, but the first peer lookup is rate-limited."""
+        return await self.rooms.with_peers(project, page_view=True)
+
     async def reload(self, project: str) -> ProjectTrust:
         """Forget what we know of the project's rooms and read them again (admin re-verify)."""
         return await self.rooms.reload(project)

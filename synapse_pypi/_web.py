@@ -232,9 +232,10 @@ class SimpleResource(Resource):
         fmt, content_type = self._negotiate(request)
         view = await self._pages.project(NormalizedName(name))
         if self._trust is not None:
-            # Our room's view (read once, no Matrix writes): the page carries the hashes the
-            # trust layer agreed on. Rooms are made when files are served, not for page views.
-            await self._trust.view(name)
+            # The rooms' views (read once; no Matrix writes): the page carries the hashes the
+            # trust layer agreed on, the ones the files will be served with. Rooms are made
+            # when files are served, not for page views.
+            await self._trust.view_for_page(name)
         # Rendering is most of a warm page's cost: keep the bytes until the page, the
         # cache's contents or the trust view change.
         key = (name, fmt, view.offline)

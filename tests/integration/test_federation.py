@@ -355,7 +355,7 @@ def test_peer_aliases_cannot_detach_or_replace_our_views(fed):
         assert http_request(f"{fed.b.url}/simple/{project}/{filename}", timeout=60)[0] == 200
         assert fed.status(fed.b, fed.admin_b, project, filename)["peer_rooms"] == {}
     ignored = {r["alias"]: r["why"] for r in fed.admin_b.call("GET", "/_synapse/pypi/v1/trust")["ignored_rooms"]}
-    assert "already our room for gamma" in ignored[f"#pypi-gamma:{fed.a.server_name}"]
+    assert "which is our room for gamma" in ignored[f"#pypi-gamma:{fed.a.server_name}"]
     assert "alpha" in ignored[f"#pypi-delta-pkg:{fed.a.server_name}"]
     assert "not by" in ignored[f"#pypi-beta:{fed.a.server_name}"]
     # B's own room is still B's view, fed live: B's moderator redacts B's bot's attestation.

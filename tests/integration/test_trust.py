@@ -629,7 +629,15 @@ def test_a_local_alias_moved_onto_another_projects_room_is_reclaimed(tm):
     # The alias is taken back from y's room; x gets a room of its own again when served.
     status, _, body = tm.get("moved-x", x_path.name)
     assert status == 200 and body == x_path.read_bytes()
-    poll(lambda: tm.admin.room_id(tm.alias("moved-x")) not in (y_room, x_room), what="a new room for x")
+    def new_room() -> str | None:
+        try:
+            room_id = tm.admin.room_id(tm.alias("moved-x"))
+        except MatrixError as e:
+            assert e.status == 404
+            return None
+        return room_id if room_id not in (y_room, x_room) else None
+
+    poll(new_room, what="a new room for x")
     assert [line for line in tm.hs.log_text().splitlines()
             if "reclaiming the alias" in line and tm.alias("moved-x") in line and "moved-y" in line]
     # y's room is still y's, and y's view untouched.

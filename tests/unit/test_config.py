@@ -84,6 +84,7 @@ def test_config_is_frozen():
         ({"matrix_quiet": "soon"}, "matrix_quiet", "duration"),
         ({"matrix_max_delay": "0s"}, "matrix_max_delay", "greater than zero"),
         ({"cid_hint_timeout": "0s"}, "cid_hint_timeout", "greater than zero"),
+        ({"peer_lookup_rate": -1}, "peer_lookup_rate", "whole number"),
     ],
 )
 def test_bad_values_name_their_key(change, key, words):
