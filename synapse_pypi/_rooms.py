@@ -20,6 +20,7 @@ import attrs
 
 from synapse_pypi._config import PyPIConfig
 from synapse_pypi._context import SingleFlight
+from synapse_pypi._peers import PeerRooms, owner_name
 from synapse_pypi.trust import ATTESTATION_TYPE, KEY_TYPE, Claim, Record
 from synapse_pypi.trust._fold import MEMBER, PROJECT_FIELD, RoomEvent, RoomView, Rules, fold
 
@@ -103,6 +104,7 @@ class Rooms:
         rules_for: the fold's rules for (project, local).
         run_background: `ModuleApi.run_as_background_process`.
         on_local_loaded: called with our room's view when it is first read (key rotation).
+        replay: `on_new_event`, for events that arrived while a room was being read.
         clock: the reactor (peer timeouts).
     """
 
@@ -114,8 +116,12 @@ class Rooms:
         rules_for: Callable[[str, bool], Rules],
         run_background: Callable[..., Any],
         on_local_loaded: Callable[[RoomView], None],
+        replay: Callable[[Any, Any], Awaitable[None]],
         clock: Any,
     ):
+        self._replay = replay
+        # room id -> events that arrived while the room was being read (replayed after).
+        self._loading: Dict[str, List[Tuple[Any, Any]]] = {}
         self._api = api
         self._config = config
         self._store = store
@@ -134,6 +140,7 @@ class Rooms:
         self._lookup_tokens_at = time.monotonic()
         #: Rooms we refused to read, newest last (for the admin API).
         self.ignored: List[Dict[str, str]] = []
+        self.peers = PeerRooms(self, api, config, run_background, clock)
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -143,6 +150,15 @@ class Rooms:
 
     def room(self, room_id: str) -> Optional[RoomView]:
         return self._rooms.get(room_id)
+
+    def hold(self, room_id: str, event: Any, state: Any) -> bool:
+        """Keep an event for a room being read right now, to apply once it is; False if the
+        room is not being read."""
+        held = self._loading.get(room_id)
+        if held is None:
+            return False
+        held.append((event, state))
+        return True
 
     def owner_of(self, room_id: str) -> Optional[Tuple[str, str]]:
         return self._owners.get(room_id)
@@ -161,22 +177,9 @@ class Rooms:
         return await self._flights.run(("load", project), lambda: self._load(project))
 
     async def with_peers(self, project: str, page_view: bool = False) -> ProjectTrust:
-        """`view`, with peers' rooms joined and read the first time (each within
-        `peer_timeout`), and unreachable ones tried again in the background later.
-
-        Args:
-            page_view: the caller serves a project page, not a file: the first lookup is
-                subject to `peer_lookup_rate` (without a token, the page goes by what is
-                known; the file request that follows still asks the peers)."""
+        """`view`, with peers' rooms joined and read the first time (`_peers.PeerRooms`)."""
         pt = await self.view(project)
-        if not self._config.peers:
-            return pt
-        if not pt.peers_tried:
-            if page_view and not self._lookup_token():
-                return pt
-            await self._flights.run(("peers", project), lambda: self._first_peers(pt))
-        else:
-            self._maybe_retry_peers(pt)
+        await self.peers.ensure(pt, page_view)
         return pt
 
     async def _load(self, project: str) -> ProjectTrust:
@@ -199,33 +202,46 @@ class Rooms:
         if why is None:
             return room
         logger.warning("%s points at %s, which %s: ignoring that room and reclaiming the alias", alias, room_id, why)
-        self._ignore(room_id, alias, why)
+        self.ignore(room_id, alias, why)
         await self._unbind_alias(alias)
         return None
 
     async def _check_local(self, project: str, room_id: str, alias: str) -> Tuple[Optional[str], Optional[RoomView]]:
         owner = self._owners.get(room_id)
         if owner is not None and owner != (project, LOCAL):
-            return f"is already {_owner_name(owner)}", None
-        state = await self._api.get_room_state(room_id)
+            return f"is already {owner_name(owner)}", None
+        # Events from the moment the state is read on are held for the view (see `_read`).
+        self._loading.setdefault(room_id, [])
+        try:
+            state = await self._api.get_room_state(room_id)
+        except BaseException:
+            self._loading.pop(room_id, None)
+            raise
+        why = self._why_not_ours(project, alias, state)
+        if why is not None:
+            self._loading.pop(room_id, None)
+            return why, None
+        room = await self.read(project, room_id, True, alias, state)
+        return None, room
+
+    def _why_not_ours(self, project: str, alias: str, state: Mapping[Tuple[str, str], Any]) -> Optional[str]:
         create = state.get(("m.room.create", ""))
         if create is None or create.sender != self.bot:
             creator = create.sender if create is not None else "nobody"
-            return f"was created by {creator} and not by {self.bot}", None
+            return f"was created by {creator} and not by {self.bot}"
         tag = dict(create.content).get(PROJECT_FIELD)
         canonical = state.get((CANONICAL_ALIAS, ""))
         canonical_alias = dict(canonical.content).get("alias") if canonical is not None else None
         if tag is not None and tag != project:
-            return f"was made for the project {tag!r}", None
+            return f"was made for the project {tag!r}"
         if tag is None and canonical_alias not in (None, alias):
-            return f"was made for {canonical_alias}", None
+            return f"was made for {canonical_alias}"
         member = state.get((MEMBER, self.bot))
         if member is None or dict(member.content).get("membership") != "join":
             # Creation cut short (Synapse stopped after binding the alias, before the bot's
             # join): nothing can be posted there. It is replaced.
-            return "was never finished", None
-        room = await self._read(project, room_id, True, alias, state)
-        return None, room
+            return "was never finished"
+        return None
 
     async def _resolve(self, alias: str) -> Optional[str]:
         try:
@@ -244,7 +260,7 @@ class Rooms:
         handler = self._api._hs.get_directory_handler()
         await handler._delete_association(RoomAlias.from_string(alias))
 
-    def _ignore(self, room_id: str, alias: str, why: str) -> None:
+    def ignore(self, room_id: str, alias: str, why: str) -> None:
         self.ignored.append({"room_id": room_id, "alias": alias, "why": why, "at": str(int(time.time() * 1000))})
         del self.ignored[:-100]
 
@@ -257,10 +273,23 @@ class Rooms:
         self._rooms[view.room_id] = view
         return True
 
-    async def _read(
+    async def read(
         self, project: str, room_id: str, local: bool, alias: str, state: Optional[Mapping[Tuple[str, str], Any]] = None
     ) -> RoomView:
-        """Read a room's state into a fresh view and make it the live one."""
+        """Read a room's state into a fresh view and make it the live one. Events that
+        arrive meanwhile are held and applied after."""
+        self._loading.setdefault(room_id, [])
+        try:
+            view = await self._read_state(project, room_id, local, alias, state)
+        finally:
+            held = self._loading.pop(room_id, [])
+        for event, at in held:
+            await self._replay(event, at)
+        return view
+
+    async def _read_state(
+        self, project: str, room_id: str, local: bool, alias: str, state: Optional[Mapping[Tuple[str, str], Any]]
+    ) -> RoomView:
         if state is None:
             state = await self._api.get_room_state(room_id)
         synapse_events = list(state.values())
@@ -281,7 +310,7 @@ class Rooms:
             view = fold(room_id, rules, events)
         view.alias = alias
         if not self.register(project, LOCAL if local else _peer_of(alias), view):
-            raise RuntimeError(f"{room_id} is already {_owner_name(self._owners[room_id])}")
+            raise RuntimeError(f"{room_id} is already {owner_name(self._owners[room_id])}")
         self.keep(view)
         return view
 
@@ -320,127 +349,10 @@ class Rooms:
             return pt.local
         room_id = await creation(project)
         logger.info("created package room %s for %s", room_id, project)
-        view = await self._read(project, room_id, True, self.alias_for(project))
+        view = await self.read(project, room_id, True, self.alias_for(project))
         pt.local = view
         self._on_local_loaded(view)
         return view
-
-    # -- peers -----------------------------------------------------------------------
-
-    async def _first_peers(self, pt: ProjectTrust) -> None:
-        if not pt.peers_tried:
-            pt.peers_tried = True
-            await self._join_peers(pt, self._config.peers)
-
-    async def _join_peers(self, pt: ProjectTrust, peers: Tuple[str, ...]) -> None:
-        """Join the peers' rooms for this project, in parallel, each within the timeout."""
-        from synapse.module_api import run_in_background
-        from twisted.internet import defer
-
-        from synapse_pypi._context import make_deferred_yieldable
-
-        calls = [run_in_background(self._join_peer, pt, peer) for peer in peers]
-        await make_deferred_yieldable(defer.gatherResults(calls, consumeErrors=True))
-
-    async def _join_peer(self, pt: ProjectTrust, peer: str) -> None:
-        alias = self.alias_for(pt.project, peer)
-        started = time.monotonic()
-        try:
-            # One bound for the lookup and the join together: `peer_timeout` is the most a
-            # peer can add to a request.
-            room_id = await self._bounded(self._find_and_join(pt.project, alias, peer))
-            if room_id is None:
-                pt.peer_misses[peer] = time.monotonic()
-                return
-            room = await self._read(pt.project, room_id, False, alias)
-        except Exception as e:
-            pt.peer_misses[peer] = time.monotonic()
-            if getattr(e, "code", None) == 404:
-                logger.info("peer %s has no room for %s", peer, pt.project)
-            else:
-                logger.warning("peer %s: cannot join %s (%s: %s)", peer, alias, e.__class__.__name__, e)
-            return
-        pt.peers[peer] = room
-        pt.peer_misses.pop(peer, None)
-        logger.info(
-            "joined %s's room %s for %s in %.2fs (%d attested files)",
-            peer, room.room_id, pt.project, time.monotonic() - started, len(room.filenames()),
-        )
-
-    def peer_bot(self, peer: str) -> str:
-        """Who made a peer's package rooms: its bot (peers use the same `bot_localpart`).
-        Users whose keys are pinned are publishers there, not room makers."""
-        return f"@{self._config.bot_localpart}:{peer}"
-
-    async def _find_and_join(self, project: str, alias: str, peer: str) -> Optional[str]:
-        room_id, servers = await self._api.lookup_room_alias(alias)
-        owner = self._owners.get(room_id)
-        if owner is not None and owner != (project, peer):
-            self._refuse_peer(alias, room_id, f"resolves to {room_id}, which is {_owner_name(owner)}")
-            return None
-        membership = await self._api.get_room_state(room_id, [("m.room.member", self.bot)])
-        member = membership.get(("m.room.member", self.bot))
-        if member is None or dict(member.content).get("membership") != "join":
-            await self._api.update_room_membership(
-                sender=self.bot,
-                target=self.bot,
-                room_id=room_id,
-                new_membership="join",
-                remote_room_hosts=[peer] + [s for s in servers if s != peer],
-            )
-        create = (await self._api.get_room_state(room_id, [("m.room.create", "")])).get(("m.room.create", ""))
-        creator = create.sender if create is not None else None
-        if creator != self.peer_bot(peer):
-            self._refuse_peer(alias, room_id, f"was created by {creator}, not by {peer}'s bot")
-            return None
-        tag = dict(create.content).get(PROJECT_FIELD)
-        if tag is not None and tag != project:
-            self._refuse_peer(alias, room_id, f"was made for the project {tag!r}")
-            return None
-        return str(room_id)
-
-    def _refuse_peer(self, alias: str, room_id: str, why: str) -> None:
-        logger.warning("peer room %s %s: ignored", alias, why)
-        self._ignore(room_id, alias, why)
-
-    async def _bounded(self, awaitable: Any) -> Any:
-        """Await a Synapse call for at most `peer_timeout`: a slow or dead peer must never
-        hold a request for longer."""
-        from synapse.module_api import make_deferred_yieldable, run_in_background
-        from twisted.internet import defer
-
-        async def call() -> Any:
-            return await awaitable
-
-        d = run_in_background(call)
-        d.addTimeout(self._config.peer_timeout_s, self._clock)
-        try:
-            return await make_deferred_yieldable(d)
-        except defer.TimeoutError:
-            raise TimeoutError(f"no answer within {self._config.peer_timeout_s:g}s")
-
-    def _lookup_token(self) -> bool:
-        rate = self._config.peer_lookup_rate
-        now = time.monotonic()
-        self._lookup_tokens = min(float(rate), self._lookup_tokens + (now - self._lookup_tokens_at) * rate / 60.0)
-        self._lookup_tokens_at = now
-        if self._lookup_tokens < 1:
-            return False
-        self._lookup_tokens -= 1
-        return True
-
-    def _maybe_retry_peers(self, pt: ProjectTrust) -> None:
-        """Peers we could not reach are tried again, in the background, after a while."""
-        now = time.monotonic()
-        due = tuple(
-            p
-            for p in self._config.peers
-            if p not in pt.peers and now - pt.peer_misses.get(p, 0) > self._config.peer_retry_s
-        )
-        if due:
-            for p in due:
-                pt.peer_misses[p] = now  # one retry in flight per peer
-            self._run_background("synapse_pypi_join_peers", self._join_peers, pt, due)
 
     # -- re-reading ------------------------------------------------------------------
 
@@ -456,8 +368,3 @@ class Rooms:
 
 def _peer_of(alias: str) -> str:
     return alias.partition(":")[2]
-
-
-def _owner_name(owner: Tuple[str, str]) -> str:
-    project, server = owner
-    return f"{server}'s room for {project}" if server else f"our room for {project}"

@@ -14,20 +14,19 @@ from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sd
 
 from synapse_pypi import index
 from synapse_pypi._config import PyPIConfig
+from synapse_pypi._event_feed import EventFeed
 from synapse_pypi._matrix_queue import MatrixQueue
 from synapse_pypi._moderation import Moderation
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._publisher import Publisher
-from synapse_pypi._rooms import ProjectTrust, Rooms, to_room_event
+from synapse_pypi._rooms import ProjectTrust, Rooms
 from synapse_pypi._store import Store
 from synapse_pypi.trust import (
     ATTESTATION_TYPE,
     KEY_TYPE,
-    Changes,
     Decision,
     Outcome,
     Record,
-    RoomEvent,
     RoomView,
     Rules,
     Verdict,
@@ -35,7 +34,7 @@ from synapse_pypi.trust import (
     key_id,
     parse_public_key,
 )
-from synapse_pypi.trust._fold import CREATE, MEMBER, POWER_LEVELS, REDACTION
+from synapse_pypi.trust._fold import CREATE, MEMBER, POWER_LEVELS
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +96,17 @@ class TrustService:
             project: {user: dict(parse_public_key(k) for k in keys) for user, keys in users.items()}
             for project, users in config.maintainer_keys.items()
         }
-        self.rooms = Rooms(api, config, store, self._rules, self._run_background, self._local_loaded, clock)
+        self.rooms = Rooms(
+            api, config, store, self._rules, self._run_background, self._local_loaded, self.on_new_event, clock
+        )
         self.publisher = Publisher(api, config, store, queue, self.rooms, signing_key, version_of)
         self.moderation = Moderation(
             api, store, queue, self.bot, config.moderators, self._run_background,
             our_room=self._our_room, make_room=self.publisher.make_room,
+        )
+        self.feed = EventFeed(
+            api, store, self.rooms, self.moderation, self.publisher, self.bot,
+            on_vouch_lost=on_vouch_lost, check_files=self._check_files,
         )
 
     async def start(self) -> None:
@@ -259,75 +264,9 @@ class TrustService:
         )
         return list(dict.fromkeys(r.cid for r in recs if r.cid))
 
-    # -- on_new_event ----------------------------------------------------------------
-
     async def on_new_event(self, event: Any, state: Mapping[Tuple[str, str], Any]) -> None:
-        """Keep views current, for our rooms and peers' rooms alike. Cheap (it runs inline
-        for federated events): what takes longer goes to the background or the queue."""
-        room = self.rooms.room(event.room_id)
-        if room is None:
-            return
-        owner = self.rooms.owner_of(event.room_id)
-        project = owner[0] if owner else room.rules.project
-        etype = event.type
-        if etype == REDACTION:
-            target = event.redacts or dict(event.content).get("redacts")
-            if not isinstance(target, str) or room.event_for(target) is None:
-                return
-            applied = await self._applied(target)
-            if not applied:
-                logger.warning(
-                    "%s sent a redaction of %s in %s that Synapse did not apply: ignored",
-                    event.sender, target, event.room_id,
-                )
-            changes = room.apply(
-                RoomEvent(event.event_id, REDACTION, event.sender, None, {}, redacts=target, applied=applied)
-            )
-            self._react(project, room, changes, redacted_by=event.sender)
-            return
-        if not event.is_state() or etype not in _FOLDED:
-            return
-        current = state.get((etype, event.get_state_key()))
-        if current is None or current.event_id != event.event_id or event.internal_metadata.is_soft_failed():
-            # Not (or no longer) part of the room's state: it never counts.
-            return
-        rev = to_room_event(event)
-        if rev.redacted:
-            by = await self.rooms._store.redacters([event.event_id])
-            kept = await self.rooms._store.kept_contents([event.event_id])
-            rev = to_room_event(event, kept.get(event.event_id), tuple(by.get(event.event_id, ())))
-        self._react(project, room, room.apply(rev))
-
-    async def _applied(self, event_id: str) -> bool:
-        """Whether Synapse applied a redaction of `event_id`: it comes back redacted."""
-        ev = await self._api._store.get_event(event_id, allow_none=True)
-        return ev is not None and ev.internal_metadata.is_redacted()
-
-    def _react(self, project: str, room: RoomView, changes: Changes, redacted_by: Optional[str] = None) -> None:
-        if not changes:
-            return
-        if changes.lost:
-            self._on_vouch_lost(project)
-            if redacted_by is None:
-                self.publisher.restate(room, changes.lost)
-            elif redacted_by != self.bot:
-                for rec in changes.lost:
-                    self.moderation.redaction_changed(project, room, rec, redacted_by)
-        new_valid: List[Record] = []
-        for rec in changes.new:
-            if rec.sender == self.bot:
-                continue
-            if rec.valid:
-                new_valid.append(rec)
-            elif rec.verdict is not Verdict.REDACTED:
-                self.moderation.report(project, room, rec)
-                if rec.publisher == self.bot:
-                    self.publisher.restore(project, room, rec.filename)
-        if new_valid:
-            events = [e for e in (room.event_for(r.event_id) for r in new_valid) if e is not None]
-            self.rooms.keep(room, events)
-            files = sorted({r.filename for r in new_valid})
-            self._run_background("synapse_pypi_check_attestation", self._check_files, project, files)
+        """Synapse's `on_new_event` callback: see `_event_feed.EventFeed`."""
+        await self.feed.on_new_event(event, state)
 
     async def _check_files(self, project: str, files: List[str]) -> None:
         """New valid attestations, held against what the cached page says the upstream

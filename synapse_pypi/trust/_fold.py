@@ -53,6 +53,7 @@ __all__ = [
     "PROJECT_FIELD",
     "REDACTION",
     "Changes",
+    "Powers",
     "Record",
     "RoomEvent",
     "RoomView",
@@ -238,6 +239,42 @@ class Changes:
         return bool(self.new or self.lost)
 
 
+@attrs.frozen
+class Powers:
+    """A room's power levels, read defensively (Matrix's defaults where a field is missing
+    or is not an integer)."""
+
+    users: Mapping[str, int] = attrs.field(factory=dict)
+    users_default: int = 0
+    redact: int = _DEFAULT_REDACT
+    events: Mapping[str, int] = attrs.field(factory=dict)
+    state_default: int = _DEFAULT_STATE
+
+    @classmethod
+    def parse(cls, content: Mapping[str, Any]) -> Powers:
+        def level(name: str, default: int) -> int:
+            value = content.get(name, default)
+            return value if _is_int(value) else default
+
+        def levels(name: str) -> dict[str, int]:
+            value = content.get(name)
+            if not isinstance(value, Mapping):
+                return {}
+            return {k: v for k, v in value.items() if isinstance(k, str) and _is_int(v)}
+
+        return cls(
+            users=levels("users"),
+            users_default=level("users_default", 0),
+            redact=level("redact", _DEFAULT_REDACT),
+            events=levels("events"),
+            state_default=level("state_default", _DEFAULT_STATE),
+        )
+
+    def changed_users(self, other: Powers) -> set[str]:
+        """The users whose level differs between the two (listed ones only)."""
+        return {u for u in set(self.users) | set(other.users) if self.users.get(u) != other.users.get(u)}
+
+
 _Slot = tuple[str, str]  # (filename, owner)
 
 
@@ -259,11 +296,7 @@ class RoomView:
         self.project_tag: str | None = None
         self.key_level: int = rules.key_power_level
         self.members: dict[str, str] = {}
-        self._users: dict[str, int] = {}
-        self._users_default = 0
-        self.redact_level = _DEFAULT_REDACT
-        self.event_levels: dict[str, int] = {}
-        self.state_default = _DEFAULT_STATE
+        self.powers = Powers()
         # The owner's own last event per slot, and the latest intruder's where it is current.
         self._owned: dict[_Slot, RoomEvent] = {}
         self._intruders: dict[_Slot, RoomEvent] = {}
@@ -284,7 +317,11 @@ class RoomView:
         """A user's power in the room (room v12: creators have unlimited power)."""
         if user in self.creators:
             return _UNLIMITED
-        return self._users.get(user, self._users_default)
+        return self.powers.users.get(user, self.powers.users_default)
+
+    @property
+    def redact_level(self) -> int:
+        return self.powers.redact
 
     def may_redact(self, user: str, event_sender: str) -> bool:
         """Whether a redaction sent by `user` of an event sent by `event_sender` counts."""
@@ -404,26 +441,11 @@ class RoomView:
     # -- internals -------------------------------------------------------------------
 
     def _power(self, content: Mapping[str, Any]) -> Changes:
-        users = content.get("users")
-        new_users = (
-            {u: v for u, v in users.items() if isinstance(u, str) and _is_int(v)} if isinstance(users, Mapping) else {}
-        )
-        new_default = content.get("users_default", 0)
-        new_default = new_default if _is_int(new_default) else 0
-        redact = content.get("redact", _DEFAULT_REDACT)
-        redact = redact if _is_int(redact) else _DEFAULT_REDACT
-        events = content.get("events")
-        self.event_levels = (
-            {k: v for k, v in events.items() if isinstance(k, str) and _is_int(v)} if isinstance(events, Mapping) else {}
-        )
-        state_default = content.get("state_default", _DEFAULT_STATE)
-        self.state_default = state_default if _is_int(state_default) else _DEFAULT_STATE
-        everyone = new_default != self._users_default or redact != self.redact_level
-        changed = {u for u in set(new_users) | set(self._users) if new_users.get(u) != self._users.get(u)}
-        self._users, self._users_default, self.redact_level = new_users, new_default, redact
-        if everyone:
+        new, old = Powers.parse(content), self.powers
+        self.powers = new
+        if new.users_default != old.users_default or new.redact != old.redact:
             return self._rejudge_all()
-        return self._rejudge_users(changed)
+        return self._rejudge_users(new.changed_users(old))
 
     def _attestation(self, event: RoomEvent) -> Changes:
         assert event.state_key is not None
@@ -598,14 +620,7 @@ class RoomView:
             and not (ev.redacted and not ev.content)
             and self.level(user) >= self.key_level
         ):
-            published = ev.content.get("keys")
-            for kid, b64 in (published.items() if isinstance(published, Mapping) else ()):
-                if not isinstance(kid, str) or not isinstance(b64, str):
-                    continue
-                try:
-                    parsed_id, verify_key = parse_public_key(f"{kid} {b64}")
-                except (KeyFormatError, ValueError, TypeError):
-                    continue
+            for parsed_id, verify_key in published_keys(ev.content).items():
                 keys.setdefault(parsed_id, verify_key)
         return keys
 
@@ -624,6 +639,22 @@ def fold(room_id: str, rules: Rules, events: Iterable[RoomEvent]) -> RoomView:
     view = RoomView(room_id, rules)
     view.apply_all(sorted(events, key=key))
     return view
+
+
+def published_keys(content: Mapping[str, Any]) -> dict[str, VerifyKey]:
+    """The well-formed keys of a key event's content (``{"keys": {"ed25519:<id>": <b64>}}``);
+    anything else is skipped."""
+    published = content.get("keys")
+    out: dict[str, VerifyKey] = {}
+    for kid, b64 in (published.items() if isinstance(published, Mapping) else ()):
+        if not isinstance(kid, str) or not isinstance(b64, str):
+            continue
+        try:
+            parsed_id, verify_key = parse_public_key(f"{kid} {b64}")
+        except (KeyFormatError, ValueError, TypeError):
+            continue
+        out[parsed_id] = verify_key
+    return out
 
 
 def _is_int(value: Any) -> bool:
