@@ -58,8 +58,12 @@ class EventFeed:
         self._run_background = api.run_as_background_process
 
     async def on_new_event(self, event: Any, state: Mapping[Tuple[str, str], Any]) -> None:
-        """Keep views current, for our rooms and peers' rooms alike. Cheap (it runs inline
-        for federated events): what takes longer goes to the background or the queue."""
+        """Keep views current, for our rooms and peers' rooms alike.
+
+        It never waits on its common path: Synapse runs it inline for federated events, and
+        for local ones in a chain that outlives the request that sent the event, whose log
+        context is finished by the time a wait would end. What needs the database (is a
+        redaction applied? who redacted this?) runs as a background process of its own."""
         room = self._rooms.room(event.room_id)
         if room is None:
             self._rooms.hold(event.room_id, event, state)
@@ -71,16 +75,7 @@ class EventFeed:
             target = event.redacts or dict(event.content).get("redacts")
             if not isinstance(target, str) or room.event_for(target) is None:
                 return
-            applied = await self._applied(target)
-            if not applied:
-                logger.warning(
-                    "%s sent a redaction of %s in %s that Synapse did not apply: ignored",
-                    event.sender, target, event.room_id,
-                )
-            changes = room.apply(
-                RoomEvent(event.event_id, REDACTION, event.sender, None, {}, redacts=target, applied=applied)
-            )
-            self._react(project, room, changes, redacted_by=event.sender)
+            self._run_background("synapse_pypi_redaction", self._redaction, project, room, event, target)
             return
         if not event.is_state() or etype not in _FOLDED:
             return
@@ -90,9 +85,28 @@ class EventFeed:
             return
         rev = to_room_event(event)
         if rev.redacted:
-            by = await self._store.redacters([event.event_id])
-            kept = await self._store.kept_contents([event.event_id])
-            rev = to_room_event(event, kept.get(event.event_id), tuple(by.get(event.event_id, ())))
+            # Redacted before we saw it (say, over federation): who redacted it, and its content
+            # if we kept it, come from the database.
+            self._run_background("synapse_pypi_redacted_event", self._redacted_event, project, room, event)
+            return
+        self._react(project, room, room.apply(rev))
+
+    async def _redaction(self, project: str, room: RoomView, event: Any, target: str) -> None:
+        applied = await self._applied(target)
+        if not applied:
+            logger.warning(
+                "%s sent a redaction of %s in %s that Synapse did not apply: ignored",
+                event.sender, target, event.room_id,
+            )
+        changes = room.apply(
+            RoomEvent(event.event_id, REDACTION, event.sender, None, {}, redacts=target, applied=applied)
+        )
+        self._react(project, room, changes, redacted_by=event.sender)
+
+    async def _redacted_event(self, project: str, room: RoomView, event: Any) -> None:
+        by = await self._store.redacters([event.event_id])
+        kept = await self._store.kept_contents([event.event_id])
+        rev = to_room_event(event, kept.get(event.event_id), tuple(by.get(event.event_id, ())))
         self._react(project, room, room.apply(rev))
 
     async def _applied(self, event_id: str) -> bool:

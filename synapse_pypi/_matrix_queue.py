@@ -17,6 +17,11 @@ made it five times slower than a plain proxy. So the serve path only *submits* w
   (whatever is dropped is submitted again the next time the file is served).
 
 The queue's length is sampled for the admin API and the benchmarks.
+
+The worker is one background process that lives as long as the homeserver: Synapse notifies
+its `on_new_event` callbacks in a chain that inherits the sender's log context and outlives
+the send; a worker whose context had finished would have that chain re-enter a finished
+context (Synapse's "Re-starting finished log context" warnings) after every event we send.
 """
 
 import collections
@@ -93,7 +98,9 @@ class MatrixQueue:
         # project -> key -> job, in submission order; and the order projects take turns in.
         self._jobs: Dict[str, collections.OrderedDict[Tuple[Any, ...], Tuple[Job, float]]] = {}
         self._turns: Deque[str] = collections.deque()
-        self._running = False
+        self._started = False
+        self._running = False  # a job is in progress
+        self._wakeup: defer.Deferred[None] | None = None
         self._room_tokens = float(settings.room_rate)
         self._room_tokens_at = clock.seconds()
         self._idle_waiters: List[defer.Deferred[None]] = []
@@ -125,16 +132,19 @@ class MatrixQueue:
             self._turns.append(project)
         jobs[key] = (job, self._clock.seconds())
         self._sample()
-        if not self._running:
-            self._running = True
+        if not self._started:
+            self._started = True
             self._run_background("synapse_pypi_matrix_queue", self._work)
+        elif self._wakeup is not None:
+            waiting, self._wakeup = self._wakeup, None
+            fire_all([waiting])
         return True
 
     def pending(self, project: str) -> int:
         return len(self._jobs.get(project, ()))
 
     async def drain(self) -> None:
-        """Wait until the queue is empty and nothing runs."""
+        """Wait until the queue is empty and no job runs."""
         if not self._running and not len(self):
             return
         d: defer.Deferred[None] = defer.Deferred()
@@ -157,14 +167,21 @@ class MatrixQueue:
         self.history.append((self._clock.seconds(), len(self)))
 
     async def _work(self) -> None:
-        try:
-            while self._turns:
-                project = self._turns.popleft()
-                jobs = self._jobs.get(project)
-                if not jobs:
-                    self._jobs.pop(project, None)
-                    continue
-                key, (job, queued_at) = next(iter(jobs.items()))
+        while True:
+            if not self._turns:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                fire_all(waiters)
+                self._wakeup = defer.Deferred()
+                await make_deferred_yieldable(self._wakeup)
+                continue
+            project = self._turns.popleft()
+            jobs = self._jobs.get(project)
+            if not jobs:
+                self._jobs.pop(project, None)
+                continue
+            key, (job, queued_at) = next(iter(jobs.items()))
+            self._running = True
+            try:
                 await self._wait_for_a_gap(queued_at)
                 if key[0] == "room":
                     await self._room_token()
@@ -174,17 +191,14 @@ class MatrixQueue:
                     self._turns.append(project)
                 else:
                     self._jobs.pop(project, None)
-                try:
-                    await job()
-                    self.done += 1
-                except Exception:
-                    self.failed += 1
-                    logger.exception("Matrix job %s for %s failed", key, project)
-                self._sample()
-        finally:
-            self._running = False
-            waiters, self._idle_waiters = self._idle_waiters, []
-            fire_all(waiters)
+                await job()
+                self.done += 1
+            except Exception:
+                self.failed += 1
+                logger.exception("Matrix job %s for %s failed", key, project)
+            finally:
+                self._running = False
+            self._sample()
 
     async def _wait_for_a_gap(self, queued_at: float) -> None:
         """Yield to requests: wait for a quiet moment, but no longer than max_delay."""

@@ -11,6 +11,7 @@ import logging
 from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
 
 from synapse_pypi._matrix_queue import MatrixQueue
+from synapse_pypi._matrix_writes import MatrixWrites
 from synapse_pypi._store import Store
 from synapse_pypi.trust import Decision, Outcome, Record, RoomView, Verdict
 
@@ -32,6 +33,7 @@ class Moderation:
         our_room: our room for a project, when the job runs (None if there is none); a
             notice for a project without a room yet is posted once the room exists.
         make_room: queues the making of our room for a project.
+        writes: Matrix writes, each in a log context of its own.
     """
 
     def __init__(
@@ -44,7 +46,9 @@ class Moderation:
         run_background: Callable[..., Any],
         our_room: Callable[[str], Optional[RoomView]],
         make_room: Callable[[str], None],
+        writes: MatrixWrites,
     ):
+        self._writes = writes
         self._our_room = our_room
         self._make_room = make_room
         self._api = api
@@ -192,7 +196,7 @@ class Moderation:
         if room.level(self._bot) < room.redact_level:
             return False
         try:
-            await self._api.create_and_send_event_into_room(
+            await self._writes.send(
                 {
                     "type": REDACTION,
                     "room_id": room.room_id,
@@ -211,7 +215,7 @@ class Moderation:
         if mentions:
             content["m.mentions"] = {"user_ids": list(mentions)}
         try:
-            await self._api.create_and_send_event_into_room(
+            await self._writes.send(
                 {"type": "m.room.message", "room_id": room.room_id, "sender": self._bot, "content": content}
             )
         except Exception as e:

@@ -16,6 +16,7 @@ from synapse_pypi._matrix_queue import MatrixQueue, QueueSettings, RequestGauge
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._pages import PageService
 from synapse_pypi._store import Store
+from synapse_pypi._synapse_fixes import give_notifications_their_own_context
 from synapse_pypi._trust_service import TrustService
 from synapse_pypi._upstream import UpstreamClient
 from synapse_pypi._web import SimpleResource
@@ -41,6 +42,9 @@ class PyPIModule:
     def __init__(self, config: PyPIConfig, api: ModuleApi):
         self._config = config
         self._api = api
+        # Our on_new_event callback would otherwise make Synapse warn about finished log
+        # contexts for every event sent (see _synapse_fixes.py).
+        give_notifications_their_own_context(api.server_name)
         os.makedirs(config.data_directory, exist_ok=True)
         self._store = Store(api.run_db_interaction)
         self._cache = LocalCache(os.path.join(config.data_directory, "cache"), self._store, config.max_cache_size)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from synapse_pypi._config import PyPIConfig
 from synapse_pypi._context import SingleFlight
+from synapse_pypi._matrix_writes import MatrixWrites, in_own_context
 from synapse_pypi.trust._fold import PROJECT_FIELD
 
 if TYPE_CHECKING:
@@ -36,9 +37,19 @@ class PeerRooms:
         config: the module config.
         run_background: `ModuleApi.run_as_background_process`.
         clock: the reactor (peer timeouts).
+        writes: Matrix writes (joins), each in a log context of its own.
     """
 
-    def __init__(self, rooms: "Rooms", api: Any, config: PyPIConfig, run_background: Callable[..., Any], clock: Any):
+    def __init__(
+        self,
+        rooms: "Rooms",
+        api: Any,
+        config: PyPIConfig,
+        run_background: Callable[..., Any],
+        clock: Any,
+        writes: MatrixWrites,
+    ):
+        self._writes = writes
         self._rooms = rooms
         self._api = api
         self._config = config
@@ -121,7 +132,7 @@ class PeerRooms:
         membership = await self._api.get_room_state(room_id, [("m.room.member", self._rooms.bot)])
         member = membership.get(("m.room.member", self._rooms.bot))
         if member is None or dict(member.content).get("membership") != "join":
-            await self._api.update_room_membership(
+            await self._writes.membership(
                 sender=self._rooms.bot,
                 target=self._rooms.bot,
                 room_id=room_id,
@@ -145,14 +156,15 @@ class PeerRooms:
 
     async def _bounded(self, awaitable: Any) -> Any:
         """Await a Synapse call for at most `peer_timeout`: a slow or dead peer must never
-        hold a request for longer."""
-        from synapse.module_api import make_deferred_yieldable, run_in_background
+        hold a request for longer. The call runs in a log context of its own, as it may go on
+        after the request that started it has been answered."""
+        from synapse.module_api import make_deferred_yieldable
         from twisted.internet import defer
 
         async def call() -> Any:
             return await awaitable
 
-        d = run_in_background(call)
+        d = in_own_context(self._api.server_name, "peer", call)
         d.addTimeout(self._config.peer_timeout_s, self._clock)
         try:
             return await make_deferred_yieldable(d)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from synapse_pypi import index
 from synapse_pypi._config import PyPIConfig
 from synapse_pypi._matrix_queue import MatrixQueue
+from synapse_pypi._matrix_writes import MatrixWrites
 from synapse_pypi._rooms import Rooms, to_room_event
 from synapse_pypi._store import Store
 from synapse_pypi.trust import (
@@ -50,6 +51,7 @@ class Publisher:
         rooms: the package rooms.
         signing_key: this server's attestation key.
         version_of: the version in a distribution file name, or None.
+        writes: Matrix writes, each in a log context of its own.
     """
 
     def __init__(
@@ -61,7 +63,9 @@ class Publisher:
         rooms: Rooms,
         signing_key: Any,
         version_of: Callable[[str], Optional[str]],
+        writes: MatrixWrites,
     ):
+        self._writes = writes
         self._api = api
         self._config = config
         self._store = store
@@ -135,7 +139,7 @@ class Publisher:
         users = {m: config.moderator_power_level for m in config.moderators}
         users.update({p: config.attestation_power_level for p in config.publishers})
         users.pop(self.bot, None)  # v12: the creator must not be listed
-        room_id, _ = await self._api.create_room(
+        room_id, _ = await self._writes.create_room(
             self.bot,
             {
                 "preset": "public_chat",
@@ -205,7 +209,7 @@ class Publisher:
                 self._submit_attest(project, dist, att.sha256, att.size, att.verified_against or "upstream")
 
     async def _send_key(self, room_id: str) -> Any:
-        ev = await self._api.create_and_send_event_into_room(
+        ev = await self._writes.send(
             {
                 "type": KEY_TYPE,
                 "room_id": room_id,
@@ -249,7 +253,7 @@ class Publisher:
             signing_key=self._key,
             verified_against=basis,
         )
-        ev = await self._api.create_and_send_event_into_room(
+        ev = await self._writes.send(
             {
                 "type": ATTESTATION_TYPE,
                 "room_id": room.room_id,
@@ -281,7 +285,7 @@ class Publisher:
         noun = "file" if len(done) == 1 else "files"
         text = f"{self._api.server_name} verified and attested {len(done)} {noun}: {', '.join(shown)}{more}."
         try:
-            await self._api.create_and_send_event_into_room(
+            await self._writes.send(
                 {
                     "type": "m.room.message",
                     "room_id": room.room_id,
@@ -298,7 +302,7 @@ class Publisher:
         if ev is None:
             return
         try:
-            sent = await self._api.create_and_send_event_into_room(
+            sent = await self._writes.send(
                 {
                     "type": ATTESTATION_TYPE,
                     "room_id": room.room_id,

@@ -20,6 +20,7 @@ import attrs
 
 from synapse_pypi._config import PyPIConfig
 from synapse_pypi._context import SingleFlight
+from synapse_pypi._matrix_writes import MatrixWrites
 from synapse_pypi._peers import PeerRooms, owner_name
 from synapse_pypi.trust import ATTESTATION_TYPE, KEY_TYPE, Claim, Record
 from synapse_pypi.trust._fold import MEMBER, PROJECT_FIELD, RoomEvent, RoomView, Rules, fold
@@ -106,6 +107,7 @@ class Rooms:
         on_local_loaded: called with our room's view when it is first read (key rotation).
         replay: `on_new_event`, for events that arrived while a room was being read.
         clock: the reactor (peer timeouts).
+        writes: Matrix writes, each in a log context of its own.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Rooms:
         on_local_loaded: Callable[[RoomView], None],
         replay: Callable[[Any, Any], Awaitable[None]],
         clock: Any,
+        writes: MatrixWrites,
     ):
         self._replay = replay
         # room id -> events that arrived while the room was being read (replayed after).
@@ -140,7 +143,7 @@ class Rooms:
         self._lookup_tokens_at = time.monotonic()
         #: Rooms we refused to read, newest last (for the admin API).
         self.ignored: List[Dict[str, str]] = []
-        self.peers = PeerRooms(self, api, config, run_background, clock)
+        self.peers = PeerRooms(self, api, config, run_background, clock, writes)
 
     # -- lookups ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from synapse_pypi import index
 from synapse_pypi._config import PyPIConfig
 from synapse_pypi._event_feed import EventFeed
 from synapse_pypi._matrix_queue import MatrixQueue
+from synapse_pypi._matrix_writes import MatrixWrites
 from synapse_pypi._moderation import Moderation
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._publisher import Publisher
@@ -96,13 +97,15 @@ class TrustService:
             project: {user: dict(parse_public_key(k) for k in keys) for user, keys in users.items()}
             for project, users in config.maintainer_keys.items()
         }
+        writes = MatrixWrites(api)
+        self._writes = writes
         self.rooms = Rooms(
-            api, config, store, self._rules, self._run_background, self._local_loaded, self.on_new_event, clock
+            api, config, store, self._rules, self._run_background, self._local_loaded, self.on_new_event, clock, writes
         )
-        self.publisher = Publisher(api, config, store, queue, self.rooms, signing_key, version_of)
+        self.publisher = Publisher(api, config, store, queue, self.rooms, signing_key, version_of, writes)
         self.moderation = Moderation(
             api, store, queue, self.bot, config.moderators, self._run_background,
-            our_room=self._our_room, make_room=self.publisher.make_room,
+            our_room=self._our_room, make_room=self.publisher.make_room, writes=writes,
         )
         self.feed = EventFeed(
             api, store, self.rooms, self.moderation, self.publisher, self.bot,
@@ -112,7 +115,7 @@ class TrustService:
     async def start(self) -> None:
         existing = await self._api.check_user_exists(self.bot)
         if existing is None:
-            await self._api.register_user(self._config.bot_localpart, displayname="PyPI mirror bot", admin=False)
+            await self._writes.register_user(self._config.bot_localpart, displayname="PyPI mirror bot", admin=False)
             logger.info("registered the package-room bot %s", self.bot)
         logger.info("attestations signed by %s as %s", self.bot, key_id(self.publisher._key))
         if self._config.peers:
