@@ -138,13 +138,14 @@ def _wait_ready(url: str, proc: subprocess.Popen, deadline_s: float = 120.0) -> 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from synapse_pypi._config import ConfigError, check_url
+    # The pure rule, not _config's: importing that loads Synapse into this wrapper (~90 MB).
+    from synapse_pypi._urls import index_url as check_index_url
 
     if args.upstream is not None:
         # Checked before anything is written: a bad URL must not end up in a kept config.
         try:
-            check_url(args.upstream, "upstream_url")
-        except ConfigError as e:
+            check_index_url(args.upstream, "upstream_url")
+        except ValueError as e:
             print(f"synapse-pypi run: --upstream: {e}", file=sys.stderr)
             return 2
     data_dir = os.path.abspath(args.data_dir)
