@@ -283,6 +283,16 @@ class DagBuilder:
             os.replace(tmp, path)
 
 
+def repeated_leaf_dag(leaf: bytes, fanout: int = 1000, levels: int = 3) -> Tuple[DagBuilder, str, int]:
+    """A file that is `leaf` fanout**levels times over, in levels + 1 blocks: a DAG whose
+    expanded size is huge (1000**3 x 256 KiB = 262 TB). Returns (builder, root CID, size)."""
+    dag = DagBuilder()
+    ref = dag.raw_leaf(leaf)
+    for _ in range(levels):
+        ref = dag.file([ref] * fanout)
+    return dag, ref[0], ref[1]
+
+
 def blockstore_bytes(repo: Path) -> int:
     """What the node's blocks take on disk (file sizes under `<repo>/blocks`)."""
     return sum(p.stat().st_size for p in (repo / "blocks").rglob("*.data"))

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from harness.kubo import DagBuilder, KuboNodeProcess, blockstore_bytes, request, reset_peak_rss, rss_kb
+from harness.kubo import (
+    DagBuilder,
+    KuboNodeProcess,
+    blockstore_bytes,
+    repeated_leaf_dag,
+    request,
+    reset_peak_rss,
+    rss_kb,
+)
 
 pytestmark = pytest.mark.kubo
 
@@ -32,12 +40,7 @@ class Huge:
 
     def __init__(self) -> None:
         self.leaf = os.urandom(LEAF)
-        dag = DagBuilder()
-        leaf = dag.raw_leaf(self.leaf)
-        level1 = dag.file([leaf] * FANOUT)
-        level2 = dag.file([level1] * FANOUT)
-        self.cid, self.size = dag.file([level2] * FANOUT)
-        self.dag = dag
+        self.dag, self.cid, self.size = repeated_leaf_dag(self.leaf, FANOUT, levels=3)
 
     def expected(self, offset: int, length: int) -> bytes:
         """Bytes [offset, offset + length) of the file: the leaf over and over."""
