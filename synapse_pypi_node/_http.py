@@ -206,8 +206,11 @@ class _Body:
 
     def drain(self, limit: int) -> bool:
         """Read and drop the rest; False if more than `limit` bytes were left."""
+        # Counted from here: after a large upload, the few bytes left of a chunked body (its
+        # last chunk and trailer) must not count as its megabytes.
+        start = self.consumed
         while not self._eof:
-            if self.consumed > limit:
+            if self.consumed - start > limit:
                 return False
             self.read()
         return True

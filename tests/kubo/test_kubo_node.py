@@ -253,6 +253,17 @@ def test_add_streamed_chunked_upload_of_several_files(kubo: KuboNodeProcess) -> 
         assert sha256(kubo.cat(line["Hash"]).body) == sha256(content)
 
 
+def test_add_of_a_large_chunked_upload(kubo: KuboNodeProcess) -> None:
+    # As treq and http.client send a streamed body: chunked, the closing boundary some way
+    # past the first megabyte, then the last chunk.
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    body, ctype = multipart([("big.whl", data)])
+    reply = kubo.rpc("add", body=iter([body[:1000], body[1000:]]), headers={"Content-Type": ctype})
+    assert reply.status == 200, reply
+    (line,) = reply.json_lines()
+    assert sha256(kubo.cat(line["Hash"]).body) == sha256(data)
+
+
 def test_add_without_a_file_is_an_error(kubo: KuboNodeProcess) -> None:
     reply = kubo.rpc("add", body=b"x=1",
                      headers={"Content-Type": "application/x-www-form-urlencoded"})
