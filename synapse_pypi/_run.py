@@ -8,25 +8,24 @@ to a file under the data directory; the terminal gets only warnings and errors t
 person. SIGTERM stops it as Ctrl-C does: every process it started is stopped by its PID.
 
 This runs in the wrapper process, which stays up as long as Synapse: it imports neither
-Synapse nor the module (they run in the child), so that it costs little memory.
+Synapse nor the module (they run in the child), nor OpenSSL (secrets, hmac) but to register a
+moderator, and importlib.resources only where it is used, so that it costs little memory
+(benchmarks/bench_run.py).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import hashlib
-import hmac
-import http.client
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from importlib import resources
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
@@ -63,6 +62,8 @@ class RunError(Exception):
 
 def sample_config_text() -> str:
     """The sample homeserver.yaml shipped with the package."""
+    from importlib import resources
+
     return resources.files("synapse_pypi").joinpath("sample_homeserver.yaml").read_text("utf-8")
 
 
@@ -112,7 +113,7 @@ def build_homeserver_config(
     config["database"] = {"name": "sqlite3", "args": {"database": os.path.join(data_dir, "homeserver.db")}}
     config["media_store_path"] = os.path.join(data_dir, "media_store")
     config["signing_key_path"] = os.path.join(data_dir, "signing.key")
-    config["registration_shared_secret"] = secrets.token_urlsafe(32)
+    config["registration_shared_secret"] = _token(32)
     config["log_config"] = os.path.join(data_dir, "log_config.yaml")
     module_config = _module_config(config)
     module_config["data_directory"] = os.path.join(data_dir, "pypi")
@@ -126,6 +127,12 @@ def build_homeserver_config(
                 entry.setdefault("config", {})["api_url"] = f"http://127.0.0.1:{ipfs_api_port}"
     module_config.update(extra_module_config or {})
     return config
+
+
+def _token(nbytes: int) -> str:
+    """What secrets.token_urlsafe gives, without the OpenSSL that importing secrets loads
+    (~4 MB for the lifetime of this process)."""
+    return base64.urlsafe_b64encode(os.urandom(nbytes)).rstrip(b"=").decode("ascii")
 
 
 def _module_config(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -312,19 +319,31 @@ def _wait_for_file(path: str, proc: subprocess.Popen, timeout_s: float = 120.0) 
 
 
 def _http(port: int, method: str, path: str, body: Any = None, timeout: float = 30) -> Tuple[int, Any]:
-    """One request to the homeserver on 127.0.0.1 (http.client: lighter than urllib here)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    """One HTTP/1.0 request to the homeserver on 127.0.0.1: (status, decoded JSON body or text).
+
+    A plain socket rather than http.client, whose imports (ssl, email) would add ~7 MB to this
+    long-lived process for a readiness probe and one registration. HTTP/1.0: Synapse closes
+    the connection after the answer, so the body is whatever comes before the close.
+    """
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = (f"{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(payload)}\r\n"
+            + ("Content-Type: application/json\r\n" if payload else "") + "\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(head.encode("ascii") + payload)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    response = b"".join(chunks)
+    status_line, _, rest = response.partition(b"\r\n")
     try:
-        payload = None if body is None else json.dumps(body).encode()
-        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"} if payload else {})
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise OSError(f"not an HTTP answer: {status_line[:80]!r}") from None
+    data = rest.partition(b"\r\n\r\n")[2]
     try:
-        return resp.status, json.loads(data) if data else None
+        return status, json.loads(data) if data else None
     except ValueError:
-        return resp.status, data.decode("utf-8", "replace")
+        return status, data.decode("utf-8", "replace")
 
 
 def register_user(port: int, secret: str, localpart: str, password: str) -> bool:
@@ -333,6 +352,9 @@ def register_user(port: int, secret: str, localpart: str, password: str) -> bool
     Raises:
         RunError: Synapse refused for another reason.
     """
+    import hashlib
+    import hmac
+
     path = "/_synapse/admin/v1/register"
     status, body = _http(port, "GET", path)
     if status != 200 or not isinstance(body, dict) or "nonce" not in body:
@@ -569,7 +591,7 @@ def _make_moderator(name: str, setup: _Setup) -> str:
     if not secret:
         raise RunError(f"{setup.config_path} has no registration_shared_secret: cannot register {user_id}", code=1)
     given = os.environ.get(PASSWORD_ENV)
-    password = given or secrets.token_urlsafe(12)
+    password = given or _token(12)
     if register_user(setup.port, str(secret), user_id[1:].split(":")[0], password):
         how = f"the password in ${PASSWORD_ENV}" if given else f"password {password}"
         return f"Moderator {user_id} registered, {how}"

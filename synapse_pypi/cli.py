@@ -174,6 +174,65 @@ def _add_matrix_options(p: argparse.ArgumentParser) -> None:
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+def _add_maintainer_commands(sub: Any, full: bool) -> None:
+    """keygen, attest and verify. Their options need constants of the maintainer tools, whose
+    imports (packaging, signedjson, libsodium) cost ~6 MB: `run`, whose process lives as long
+    as Synapse, lists them without options (they are not reachable from `run` anyway)."""
+    helps = {
+        "keygen": "make an ed25519 signing key for attestations; print its public key",
+        "attest": "sign and publish attestations of distribution files into their projects' rooms",
+        "verify": "check files or a hash-pinned requirements file against a homeserver's attestations",
+    }
+    if not full:
+        for name, text in helps.items():
+            sub.add_parser(name, help=text)
+        return
+    from synapse_pypi._maintainer import DEFAULT_KEY_PATH
+
+    keygen = sub.add_parser("keygen", help=helps["keygen"])
+    keygen.add_argument(
+        "--output", "-o", default=DEFAULT_KEY_PATH, metavar="PATH", help="where to write it (default: %(default)s)"
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file (its key is lost)")
+    keygen.set_defaults(func=cmd_keygen)
+
+    attest = sub.add_parser(
+        "attest",
+        help=helps["attest"],
+        description="Sign an attestation (size, sha256) for each wheel or sdist and publish it as a state "
+        "event in the project's room on the homeserver.",
+    )
+    attest.add_argument("files", nargs="+", metavar="DIST", help="wheel or sdist files (e.g. dist/*)")
+    attest.add_argument(
+        "--key", metavar="PATH",
+        help=f"your signing key (default: $SYNAPSE_PYPI_KEY, else ./{DEFAULT_KEY_PATH})",
+    )
+    attest.add_argument(
+        "--publish-key", action="store_true",
+        help="also publish your public key in the room (a dev.synapse-pypi.key event in your own slot)",
+    )
+    _add_matrix_options(attest)
+    attest.set_defaults(func=cmd_attest, parser=attest, default_key=DEFAULT_KEY_PATH)
+
+    verify = sub.add_parser(
+        "verify",
+        help=helps["verify"],
+        description="Report each file or pinned hash as verified, unknown or contradicted by the valid "
+        "attestations in the projects' rooms. Exit status 1 if anything is contradicted.",
+    )
+    verify.add_argument("files", nargs="*", metavar="DIST", help="wheel or sdist files")
+    verify.add_argument(
+        "-r", "--requirement", dest="requirements", action="append", default=[], metavar="FILE",
+        help="a requirements file with --hash=sha256: pins (may be repeated)",
+    )
+    verify.add_argument(
+        "--trusted-key", action="append", default=[], type=_trusted_key, metavar="'@USER:SERVER ed25519:ID KEY'",
+        help="also trust this key of this user (may be repeated); keys published in the rooms count too",
+    )
+    _add_matrix_options(verify)
+    verify.set_defaults(func=cmd_verify, parser=verify)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="synapse-pypi", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,51 +261,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     key.set_defaults(func=cmd_key)
     sub.add_parser("ipfs-node", help="run a loopback-only Kubo node (see --help of the command)", add_help=False)
 
-    from synapse_pypi._maintainer import DEFAULT_KEY_PATH
-
-    keygen = sub.add_parser("keygen", help="make an ed25519 signing key for attestations; print its public key")
-    keygen.add_argument(
-        "--output", "-o", default=DEFAULT_KEY_PATH, metavar="PATH", help="where to write it (default: %(default)s)"
-    )
-    keygen.add_argument("--force", action="store_true", help="replace an existing key file (its key is lost)")
-    keygen.set_defaults(func=cmd_keygen)
-
-    attest = sub.add_parser(
-        "attest",
-        help="sign and publish attestations of distribution files into their projects' rooms",
-        description="Sign an attestation (size, sha256) for each wheel or sdist and publish it as a state "
-        "event in the project's room on the homeserver.",
-    )
-    attest.add_argument("files", nargs="+", metavar="DIST", help="wheel or sdist files (e.g. dist/*)")
-    attest.add_argument(
-        "--key", metavar="PATH",
-        help=f"your signing key (default: $SYNAPSE_PYPI_KEY, else ./{DEFAULT_KEY_PATH})",
-    )
-    attest.add_argument(
-        "--publish-key", action="store_true",
-        help="also publish your public key in the room (a dev.synapse-pypi.key event in your own slot)",
-    )
-    _add_matrix_options(attest)
-    attest.set_defaults(func=cmd_attest, parser=attest, default_key=DEFAULT_KEY_PATH)
-
-    verify = sub.add_parser(
-        "verify",
-        help="check files or a hash-pinned requirements file against a homeserver's attestations",
-        description="Report each file or pinned hash as verified, unknown or contradicted by the valid "
-        "attestations in the projects' rooms. Exit status 1 if anything is contradicted.",
-    )
-    verify.add_argument("files", nargs="*", metavar="DIST", help="wheel or sdist files")
-    verify.add_argument(
-        "-r", "--requirement", dest="requirements", action="append", default=[], metavar="FILE",
-        help="a requirements file with --hash=sha256: pins (may be repeated)",
-    )
-    verify.add_argument(
-        "--trusted-key", action="append", default=[], type=_trusted_key, metavar="'@USER:SERVER ed25519:ID KEY'",
-        help="also trust this key of this user (may be repeated); keys published in the rooms count too",
-    )
-    _add_matrix_options(verify)
-    verify.set_defaults(func=cmd_verify, parser=verify)
     argv = list(sys.argv[1:] if argv is None else argv)
+    _add_maintainer_commands(sub, full=argv[:1] != ["run"])
     if argv[:1] == ["ipfs-node"]:
         from synapse_pypi_node import main as node_main
 
