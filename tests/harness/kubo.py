@@ -111,7 +111,8 @@ class KuboNodeProcess:
         cmd += self.extra_args
         log = open(self.log_path, "ab")
         try:
-            env = dict(os.environ)
+            # The node's own GC setting is what is tested, not the caller's.
+            env = {k: v for k, v in os.environ.items() if k != "GOGC"}
             if NODE_PYTHONPATH:
                 env["PYTHONPATH"] = os.pathsep.join([*NODE_PYTHONPATH, env.get("PYTHONPATH", "")])
             # Started in its work directory, so that `-m` finds the installed package, not a

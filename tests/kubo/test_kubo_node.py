@@ -102,6 +102,10 @@ def test_id_wire_format(kubo: KuboNodeProcess) -> None:
 def test_port_file(kubo: KuboNodeProcess) -> None:
     assert set(kubo.info) >= {"api", "gateway", "swarm", "peer_id", "multiaddr"}
     assert kubo.info["pid"] == kubo.pid
+    # The node runs with a tighter Go GC target (it restarts itself with it, same PID), which
+    # keeps its memory within budget while it adds and fetches (tests/kubo/test_streaming_cat.py).
+    with open("/proc/%d/environ" % kubo.pid, "rb") as f:
+        assert b"GOGC=25" in f.read().split(b"\0")
     assert kubo.multiaddr == "/ip4/127.0.0.1/tcp/%d/p2p/%s" % (kubo.info["swarm"], kubo.peer_id)
 
 
