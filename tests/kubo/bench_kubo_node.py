@@ -98,7 +98,7 @@ def main() -> None:
 
             print("file: %d MB, CID %s" % (size, cid))
             print("add (HTTP upload + AddFile):    %6.1f s  %6.1f MB/s" % (add_s, size / add_s))
-            print("cat, local (Download + stream): %6.1f s  %6.1f MB/s" % (cat_s, size / cat_s))
+            print("cat, local (blockstore walk):  %6.1f s  %6.1f MB/s" % (cat_s, size / cat_s))
             print("cat, over bitswap from a peer:  %6.1f s  %6.1f MB/s" % (swap_s, size / swap_s))
             print("peak RSS: node a %d MB, node b %d MB" % (peak_rss_mb(a.pid), peak_rss_mb(b.pid)))
         finally:
