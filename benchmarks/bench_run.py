@@ -34,7 +34,6 @@ import platform
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -44,8 +43,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from _common import BenchError, export_commit, log, median, phase, poll, read_status_kb, reset_hwm, run_benchmark
-from harness.kubo import KuboNodeProcess
+from _common import BenchError, export_commit, log, median, phase, poll, read_status_kb, run_benchmark
+from harness.kubo import KuboNodeProcess, PeakRss, random_file
 from harness.synapse import NOWHERE_UPSTREAM, SynapseServer, free_port
 
 MB = 1024 * 1024
@@ -56,38 +55,10 @@ READY_LINE = "Ctrl-C stops it."
 # -- measuring -----------------------------------------------------------------------------------
 
 
-class PeakRss:
-    """Peak RSS of a process over a block: VmHWM where it can be reset, and VmRSS sampled."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-
-    def __enter__(self) -> PeakRss:
-        self.hwm_reset = reset_hwm(self.pid)
-        self.before = read_status_kb(self.pid, "VmRSS")
-        self.peak = self.before
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):  # sampling interval
-            try:
-                self.peak = max(self.peak, read_status_kb(self.pid, "VmRSS"))
-            except (OSError, BenchError):
-                return
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self.hwm_reset:
-            self.peak = max(self.peak, read_status_kb(self.pid, "VmHWM"))
-        self.after = read_status_kb(self.pid, "VmRSS")
-
-    def result(self) -> dict[str, Any]:
-        return {"before": self.before, "peak": self.peak, "after": self.after, "growth": self.peak - self.before,
-                "hwm": self.hwm_reset}
+def peak_result(peak: PeakRss) -> dict[str, Any]:
+    """A PeakRss reading in bytes."""
+    return {"before": peak.before * 1024, "peak": peak.peak * 1024, "after": peak.after * 1024,
+            "growth": peak.growth_kb * 1024, "hwm": peak.hwm}
 
 
 def settle_rss(pid: int, seconds: float) -> int:
@@ -284,20 +255,20 @@ def node_memory(work: Path, name: str, data: Path, sha: str) -> dict[str, Any]:
             t0 = time.perf_counter()
             cid = add(a, data)
             seconds = time.perf_counter() - t0
-        out["add"] = {**peak.result(), "seconds": seconds}
+        out["add"] = {**peak_result(peak), "seconds": seconds}
         for label, length in (("cat", None), ("cat_length", size + 1)):
             with PeakRss(a.pid) as peak:
                 got, n, seconds = cat(a, cid, length)
             if (got, n) != (sha, size):
                 raise BenchError(f"{label}: {n} bytes, sha256 {got}; expected {size}, {sha}")
-            out[label] = {**peak.result(), "seconds": seconds}
+            out[label] = {**peak_result(peak), "seconds": seconds}
         if b.rpc("swarm/connect", [("arg", a.multiaddr)]).status != 200:
             raise BenchError("swarm/connect failed")
         with PeakRss(b.pid) as peak:
             got, n, seconds = cat(b, cid, size + 1)
         if (got, n) != (sha, size):
             raise BenchError(f"cat from a peer: {n} bytes, sha256 {got}")
-        out["cat_from_peer"] = {**peak.result(), "seconds": seconds}
+        out["cat_from_peer"] = {**peak_result(peak), "seconds": seconds}
     for label, r in out.items():
         log(f"  {name}: {label} RSS {r['before'] / MB:.0f} -> peak {r['peak'] / MB:.0f} MB in {r['seconds']:.1f} s")
     return out
@@ -352,14 +323,9 @@ def render_table(s: dict[str, Any]) -> str:
 @contextmanager
 def big_file(work: Path, size_mb: int) -> Iterator[tuple[Path, str]]:
     path = work / "big.bin"
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        for _ in range(size_mb):
-            chunk = os.urandom(MB)
-            h.update(chunk)
-            f.write(chunk)
+    sha = random_file(path, size_mb)
     try:
-        yield path, h.hexdigest()
+        yield path, sha
     finally:
         path.unlink()
 

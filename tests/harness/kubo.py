@@ -315,3 +315,53 @@ def reset_peak_rss(pid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+class PeakRss:
+    """The peak RSS (kB) of a process over a `with` block: the kernel's VmHWM where it can be
+    reset, and VmRSS sampled every 10 ms on a thread (which also catches it elsewhere)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> PeakRss:
+        import threading
+
+        self.hwm = reset_peak_rss(self.pid)
+        self.before = rss_kb(self.pid)
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):  # sampling interval, not synchronisation
+            try:
+                self.peak = max(self.peak, rss_kb(self.pid))
+            except (OSError, KeyError):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.hwm:
+            self.peak = max(self.peak, rss_kb(self.pid, "VmHWM"))
+        self.after = rss_kb(self.pid)
+
+    @property
+    def growth_kb(self) -> int:
+        return self.peak - self.before
+
+
+def random_file(path: Path, size_mb: int) -> str:
+    """Write `size_mb` MiB of random bytes to `path`, a MiB at a time; their sha256."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for _ in range(size_mb):
+            chunk = os.urandom(1024 * 1024)
+            h.update(chunk)
+            f.write(chunk)
+    return h.hexdigest()

@@ -11,20 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from harness.kubo import (
-    DagBuilder,
-    KuboNodeProcess,
-    blockstore_bytes,
-    repeated_leaf_dag,
-    request,
-    reset_peak_rss,
-    rss_kb,
-)
+from harness.kubo import DagBuilder, KuboNodeProcess, PeakRss, blockstore_bytes, repeated_leaf_dag, request
 
 pytestmark = pytest.mark.kubo
 
@@ -70,37 +61,6 @@ def peer(_module_nodes: Callable[..., KuboNodeProcess], holder: KuboNodeProcess)
     return node
 
 
-class Peak:
-    """The node's peak RSS over a block of calls: the kernel's VmHWM where it can be reset,
-    else VmRSS sampled on a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-
-    def __enter__(self) -> Peak:
-        self.hwm = reset_peak_rss(self.pid)
-        self.before = rss_kb(self.pid)
-        self.peak = self.before
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):  # sampling interval, not synchronisation
-            self.peak = max(self.peak, rss_kb(self.pid))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self.hwm:
-            self.peak = max(self.peak, rss_kb(self.pid, "VmHWM"))
-
-    @property
-    def growth_kb(self) -> int:
-        return self.peak - self.before
-
-
 def test_the_dag_is_huge(huge: Huge) -> None:
     assert huge.size == LEAF * FANOUT ** 3 > 2 * 10 ** 14
     assert len(huge.dag.blocks) == 4
@@ -111,7 +71,7 @@ def test_cat_with_length_stops_there_and_memory_and_disk_stay_flat(
         holder: KuboNodeProcess, huge: Huge) -> None:
     disk = blockstore_bytes(holder.repo)
     length = 40 * MB
-    with Peak(holder.pid) as peak:
+    with PeakRss(holder.pid) as peak:
         reply = holder.cat(huge.cid, [("length", str(length))])
     assert reply.status == 200, reply
     assert reply.headers["X-Content-Length"] == str(length)
@@ -149,7 +109,7 @@ def test_a_peer_fetches_each_unique_block_once_and_streams_within_length(
         holder: KuboNodeProcess, peer: KuboNodeProcess, huge: Huge) -> None:
     disk = blockstore_bytes(peer.repo)
     length = 20 * MB
-    with Peak(peer.pid) as peak:
+    with PeakRss(peer.pid) as peak:
         reply = peer.cat(huge.cid, [("length", str(length))])
     assert reply.status == 200, reply
     assert reply.body == huge.expected(0, length)
