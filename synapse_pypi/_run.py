@@ -517,14 +517,15 @@ def _run(args: Any) -> int:
         from synapse_pypi_node import INSTALL_HINT
 
         raise RunError(f"the local IPFS node needs the 'node' extra: {INSTALL_HINT} (or run with --no-ipfs)")
+    # From here on a signal is only recorded until there is something to stop, so a Ctrl-C
+    # while the config is written ends the run cleanly at the first process start.
+    procs = _Processes()
+    procs.install()
     os.makedirs(data_dir, exist_ok=True)
     setup = _prepare(args, data_dir, wants_node, existing)
     for note in setup.notes:
         print(note)
     sys.stdout.flush()
-
-    procs = _Processes()
-    procs.install()
     reason: Optional[str] = None
     code = 0
     try:
@@ -612,8 +613,11 @@ def _banner(setup: _Setup, data_dir: str, kubo_port: Optional[int], node_log: st
         f"Package rooms: #{prefix}<project>:{setup.server_name} (moderating them: docs/moderation.md)",
     ]
     element = f"in Element, sign in with the homeserver {base}"
+    listed = _module_config(setup.config).get("moderators") or []
     if moderator is not None:
         lines.append(f"{moderator}; {element}")
+    elif listed:
+        lines.append(f"Moderators: {', '.join(map(str, listed))}; another: run again with --moderator NAME; {element}")
     else:
         lines.append(f"A moderator account: run again with --moderator NAME; then {element}")
     logs = [f"Synapse {setup.synapse_log}" if setup.synapse_log else f"Synapse as {setup.config.get('log_config')} says"]

@@ -250,6 +250,7 @@ def test_sigterm_stops_everything_it_started(tmp_path):
     finally:
         text = run.stop(signal.SIGTERM)  # as `docker stop` or systemd would
     assert run.proc.returncode == 0, text[-3000:]
+    assert "A moderator account: run again with --moderator NAME" in text
     # Each process stopped on its own after SIGTERM; none had to be killed, none is left.
     assert "stopping (SIGTERM)..." in text
     assert "stopped Synapse (exit 0)" in text and "stopped the IPFS node (exit 0)" in text, text[-3000:]
@@ -292,6 +293,15 @@ def test_an_old_data_directory_keeps_its_server_name(tmp_path):
     finally:
         text = run.stop(signal.SIGTERM)
     assert run.proc.returncode == 0, text[-3000:]
+
+    # Without the flag, the banner names the moderators the config lists.
+    again = Run(tmp_path, data)
+    try:
+        text = again.ready()
+        assert f"Moderators: @mod:localhost:{port}; another: run again with --moderator NAME" in text
+    finally:
+        text = again.stop(signal.SIGTERM)
+    assert again.proc.returncode == 0, text[-3000:]
 
 
 @pytest.mark.parametrize("args, words", [
