@@ -287,6 +287,10 @@ class _Processes:
     def wait_for_exit(self) -> Tuple[str, int]:
         """Wait until one of the processes exits (without reaping it, so Popen keeps its
         status); returns its name and exit status."""
+        if not hasattr(os, "waitid") or not hasattr(os, "WNOWAIT"):
+            # Not on every Unix: wait for the last one started (Synapse) alone.
+            name, proc = self.procs[-1]
+            return name, proc.wait()
         while True:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
             for name, proc in self.procs:
