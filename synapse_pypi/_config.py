@@ -12,9 +12,10 @@ import importlib
 import os
 import re
 from typing import Any, Iterable, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
 
 import attrs
+
+from synapse_pypi._urls import index_url
 
 try:
     from synapse.module_api.errors import ConfigError
@@ -185,16 +186,10 @@ def parse_positive_duration_ms(value: Any, key: str) -> int:
 
 def check_url(value: Any, key: str) -> str:
     """An absolute http(s) URL, stripped; a ConfigError naming `key` otherwise."""
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"'{key}' must be an http(s) URL string", path=(key,))
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(
-            f"'{key}' must be an absolute http:// or https:// URL, not {value!r}", path=(key,)
-        )
-    url = value.strip()
-    # Page URLs are built by appending "<project>/", so the base must end in a slash.
-    return url if url.endswith("/") else url + "/"
+    try:
+        return index_url(value, key)
+    except ValueError as e:
+        raise ConfigError(str(e), path=(key,)) from None
 
 
 def default_upstream_url(environ: Optional[Mapping[str, str]] = None) -> str:

@@ -392,7 +392,7 @@ class FileService:
                 dl._notify()
 
             try:
-                await backend.fetch(wanted.sha256, reference, on_data)
+                await backend.fetch(wanted.sha256, reference, on_data, max_size=limit)
             except (StorageError, TooLarge) as e:
                 logger.warning("%s: %s could not give %s: %s", wanted.filename, backend.describe(), reference, e)
                 continue

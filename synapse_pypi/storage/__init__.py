@@ -13,7 +13,9 @@ coroutine running on Synapse's reactor: do I/O asynchronously (treq) or through
 `context.defer_to_thread`, never block. docs/storage-backends.md has a complete example.
 """
 
-from typing import Any, Awaitable, Callable
+import functools
+import inspect
+from typing import Any, Awaitable, Callable, Optional
 
 import attrs
 
@@ -69,6 +71,19 @@ class StorageBackend:
     reference_kind: str = "cid"
     read_only: bool = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fetch = cls.__dict__.get("fetch")
+        if fetch is not None and not _takes_max_size(fetch):
+            # A backend written before `max_size` existed keeps working: the module always
+            # passes it, and `write` enforces the bound for such a backend on its own.
+            @functools.wraps(fetch)
+            async def fetch_unbounded(self: Any, sha256: str, reference: str, write: Callable[[bytes], None],
+                                      *, max_size: Optional[int] = None) -> None:
+                await fetch(self, sha256, reference, write)
+
+            cls.fetch = fetch_unbounded  # type: ignore[method-assign]  # the adapter above
+
     def __init__(self, config: Any, context: BackendContext):
         self.config = config
         self.context = context
@@ -108,12 +123,25 @@ class StorageBackend:
         """
         raise StorageError(f"{self.describe()} is read-only")
 
-    async def fetch(self, sha256: str, reference: str, write: Callable[[bytes], None]) -> None:
+    async def fetch(self, sha256: str, reference: str, write: Callable[[bytes], None], *,
+                    max_size: Optional[int] = None) -> None:
         """Stream the file's bytes into `write`, chunk by chunk, as they arrive.
 
         The caller hashes what it is given and rejects a file whose sha256 is not
         `sha256`; a backend need not verify, but must not buffer the whole file. `write`
         raises once it has had more bytes than the file can have: let that propagate.
+
+        Args:
+            sha256: the file's expected hex sha256.
+            reference: what `store` returned (for IPFS: the CID).
+            write: called with each chunk.
+            max_size: the most bytes the caller accepts (the file's size where it is known,
+                else the cache budget), or None. Ask the service for no more than
+                `max_size + 1` bytes where it can be told (Kubo's `cat` takes `length`), so
+                that an over-long file is still detected but nothing beyond it is transferred
+                or expanded; stop reading once more than `max_size` have arrived. Keyword
+                only; a backend whose `fetch` does not take it still works (`write` alone
+                then enforces the bound).
 
         Raises:
             StorageUnavailable: the service is down.
@@ -129,6 +157,14 @@ class StorageBackend:
         """Stop keeping the file (for IPFS: unpin it). Removing what is not there is
         not an error."""
         raise StorageError(f"{self.describe()} is read-only")
+
+
+def _takes_max_size(fetch: Any) -> bool:
+    try:
+        params = inspect.signature(fetch).parameters.values()
+    except (TypeError, ValueError):  # not introspectable: call it the old way
+        return False
+    return any(p.name == "max_size" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 from synapse_pypi.storage._gateway import GatewayStorage  # noqa: E402

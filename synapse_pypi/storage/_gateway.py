@@ -4,12 +4,13 @@ The gateway is not trusted: every byte is hashed by the caller and a file whose 
 does not match what was attested is rejected.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 import attrs
 
 from synapse_pypi._config import ConfigError, parse_positive_duration_ms
+from synapse_pypi._upstream import TooLarge
 from synapse_pypi.storage import BackendContext, StorageBackend, StorageError
 from synapse_pypi.storage._http import ServiceClient
 from synapse_pypi.storage._kubo import _check_http_url
@@ -51,16 +52,36 @@ class GatewayStorage(StorageBackend):
     def describe(self) -> str:
         return f"gateway at {self.config.gateway_url}"
 
-    async def fetch(self, sha256: str, reference: str, write: Callable[[bytes], None]) -> None:
+    async def fetch(self, sha256: str, reference: str, write: Callable[[bytes], None], *,
+                    max_size: Optional[int] = None) -> None:
         response = await self._client.request(
             "GET", f"/ipfs/{quote(reference)}", headers={"Accept": "application/octet-stream"}
         )
         if response.code != 200:
             await self._client.read_all(response, max_size=64 * 1024)
             raise StorageError(f"{self.describe()}: /ipfs/{reference} answered {response.code}")
-        await self._client.read(response, write)
+        await self._client.read(response, write if max_size is None else _bounded(write, max_size))
 
     async def has(self, sha256: str, reference: str) -> bool:
         response = await self._client.request("HEAD", f"/ipfs/{quote(reference)}")
         await self._client.read_all(response, max_size=64 * 1024)
         return response.code == 200
+
+
+def _bounded(write: Callable[[bytes], None], max_size: int) -> Callable[[bytes], None]:
+    """`write`, refusing the first chunk that takes the body past `max_size`.
+
+    A gateway sends the whole file whatever its size (a CID can name a DAG that expands to
+    terabytes): the transfer is cut there (the body reader stops the connection on TooLarge),
+    whatever the caller's own `write` checks.
+    """
+    received = 0
+
+    def bounded(chunk: bytes) -> None:
+        nonlocal received
+        received += len(chunk)
+        if received > max_size:
+            raise TooLarge(f"more than the {max_size} bytes expected")
+        write(chunk)
+
+    return bounded

