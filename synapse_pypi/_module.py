@@ -10,6 +10,7 @@ from twisted.internet import reactor
 from synapse_pypi import index
 from synapse_pypi._admin import AdminResource
 from synapse_pypi._backends import Backends
+from synapse_pypi._browse import make_resource as make_browse_resource
 from synapse_pypi._config import PyPIConfig, parse_config
 from synapse_pypi._files import FileService, LocalCache
 from synapse_pypi._matrix_queue import MatrixQueue, QueueSettings, RequestGauge
@@ -122,6 +123,8 @@ class PyPIModule:
         # Requests that arrive before start-up finished wait for it.
         self._simple.gate_on(api.run_as_background_process("synapse_pypi_start", self._start))
         api.register_web_resource("/simple", self._simple)
+        # Pages for people: what is served and why (read-only, like the rooms).
+        api.register_web_resource("/pypi", make_browse_resource(api, self._trust, self._pages, self._store))
         api.register_web_resource(
             "/_synapse/pypi",
             AdminResource(api, self._store, self._cache, self._backends, self._trust, self._pages, self._files),

@@ -6,7 +6,7 @@
     hs_backend         "sqlite" / "postgres" (parametrized; postgres skipped, with the reason,
                        when it is not reachable on 127.0.0.1:5432)
     synapse_factory    make SynapseServer objects: synapse_factory(module_config=..., db=...,
-                       extra_config=..., start=True, federation_port=..., federation_names=...);
+                       extra_config=..., start=True, federation_port=..., federation_names=..., port=...);
                        all are stopped and disposed at teardown
     client_python      the python of a fresh, empty venv for pip/uv to install into
     work_dir           a fresh directory for anything else a test wants on disk
@@ -107,6 +107,7 @@ def synapse_factory(tmp_path: Path) -> Iterator[Callable[..., SynapseServer]]:
         python_path: Any = (),
         federation_port: int | None = None,
         federation_names: Any = (),
+        port: int | None = None,
     ) -> SynapseServer:
         server = SynapseServer(
             tmp_path / f"hs{next(counter)}",
@@ -116,6 +117,7 @@ def synapse_factory(tmp_path: Path) -> Iterator[Callable[..., SynapseServer]]:
             python_path=python_path,
             federation_port=federation_port,
             federation_names=federation_names,
+            port=port,
         )
         servers.append(server)
         return server.start() if start else server
