@@ -42,6 +42,14 @@ from synapse_pypi.trust._attestation import (
     read_attestation,
     split_state_key,
 )
+from synapse_pypi.trust._bans import (
+    POLICY_TYPE,
+    Policy,
+    SignedPolicy,
+    check_policy_signatures,
+    read_policy,
+    split_policy_key,
+)
 from synapse_pypi.trust._keys import KEY_TYPE, KeyFormatError, parse_public_key
 from synapse_pypi.trust._policy import Claim
 
@@ -181,6 +189,7 @@ class Record:
         attestation: what it claims (VALID: a vouch; UNKNOWN_KEY, BAD_SIGNATURE, WRONG_PROJECT:
             for notices only), None when it could not be read.
         claimed: the sha256 it claims, for notices, also when malformed (bounded).
+        policy: for a policy event, what it says (VALID: it counts).
     """
 
     filename: str
@@ -191,6 +200,7 @@ class Record:
     reason: str
     attestation: Attestation | None = None
     claimed: str | None = None
+    policy: Policy | None = None
 
     @property
     def valid(self) -> bool:
@@ -275,7 +285,7 @@ class Powers:
         return {u for u in set(self.users) | set(other.users) if self.users.get(u) != other.users.get(u)}
 
 
-_Slot = tuple[str, str]  # (filename, owner)
+_Slot = tuple[str, str, str]  # (event type, filename or "<kind>:<entity>", owner)
 
 
 class RoomView:
@@ -306,7 +316,7 @@ class RoomView:
         self._by_owner: dict[str, set[_Slot]] = {}
         # event id -> ("slot" | "intruder" | "key", slot or owner): what a redaction may hit.
         self._events: dict[str, tuple[str, Any]] = {}
-        self._signed: dict[str, tuple[RoomEvent, SignedAttestation | tuple[Verdict, str]]] = {}
+        self._signed: dict[str, tuple[RoomEvent, SignedAttestation | SignedPolicy | tuple[Verdict, str]]] = {}
         self._keys: dict[str, Mapping[str, VerifyKey]] = {}
         #: Bumped whenever a verdict may have changed.
         self.generation = 0
@@ -335,20 +345,26 @@ class RoomView:
         return keys
 
     def records(self, filename: str | None = None) -> list[Record]:
-        """The owners' records (of one file, or all), sorted."""
-        recs = [r for (f, _), r in self._records.items() if filename is None or f == filename]
+        """The owners' attestation records (of one file, or all), sorted."""
+        recs = [r for (t, f, _), r in self._records.items()
+                if t == ATTESTATION_TYPE and (filename is None or f == filename)]
         return sorted(recs, key=lambda r: (r.filename, r.publisher))
 
     def intruders(self, filename: str | None = None) -> list[Record]:
         """Reports of events written into someone else's slot (never counted)."""
-        recs = [r for (f, _), r in self._intruder_records.items() if filename is None or f == filename]
+        recs = [r for (t, f, _), r in self._intruder_records.items() if filename is None or f == filename]
         return sorted(recs, key=lambda r: (r.filename, r.publisher))
 
     def record(self, filename: str, publisher: str) -> Record | None:
-        return self._records.get((filename, publisher))
+        return self._records.get((ATTESTATION_TYPE, filename, publisher))
 
     def filenames(self) -> list[str]:
-        return sorted({f for f, _ in self._records})
+        return sorted({f for t, f, _ in self._records if t == ATTESTATION_TYPE})
+
+    def policies(self) -> list[Record]:
+        """The owners' policy records, sorted; a valid one's `policy` says what it bans."""
+        recs = [r for (t, _, _), r in self._records.items() if t == POLICY_TYPE]
+        return sorted(recs, key=lambda r: (r.filename, r.publisher))
 
     def claims(self, filename: str) -> list[Claim]:
         """The policy's input from this room: one claim per valid record of the file."""
@@ -393,8 +409,8 @@ class RoomView:
             return self._redaction(event)
         if event.state_key is None:
             return Changes()
-        if etype == ATTESTATION_TYPE:
-            return self._attestation(event)
+        if etype in (ATTESTATION_TYPE, POLICY_TYPE):
+            return self._slot_event(event)
         if etype == KEY_TYPE:
             if event.state_key != event.sender:
                 return Changes()  # a key counts in its owner's own slot only
@@ -447,13 +463,17 @@ class RoomView:
             return self._rejudge_all()
         return self._rejudge_users(new.changed_users(old))
 
-    def _attestation(self, event: RoomEvent) -> Changes:
+    def _slot_event(self, event: RoomEvent) -> Changes:
         assert event.state_key is not None
         try:
-            filename, owner = split_state_key(event.state_key)
+            if event.type == POLICY_TYPE:
+                kind, entity, owner = split_policy_key(event.state_key)
+                name = f"{kind}:{entity}"
+            else:
+                name, owner = split_state_key(event.state_key)
         except MalformedAttestation:
-            filename, owner = event.state_key, ""
-        slot = (filename, owner)
+            name, owner = event.state_key, ""
+        slot = (event.type, name, owner)
         if event.sender == owner:
             for old in (self._owned.get(slot), self._intruders.pop(slot, None)):
                 if old is not None:
@@ -558,7 +578,7 @@ class RoomView:
         return None
 
     def _judge(self, slot: _Slot, ev: RoomEvent) -> Record:
-        filename, owner = slot
+        etype, filename, owner = slot
         claimed = _claimed(ev.content)
         by = self._removed_by(ev)
         if by is not None:
@@ -576,6 +596,14 @@ class RoomView:
         if isinstance(signed, tuple):
             verdict, reason = signed
             return Record(filename, owner, ev.event_id, ev.sender, verdict, reason + ignored, None, claimed)
+        if isinstance(signed, SignedPolicy):
+            policy = signed.policy
+            if policy.project != self.rules.project:
+                return Record(filename, owner, ev.event_id, ev.sender, Verdict.WRONG_PROJECT,
+                              f"policy for project {policy.project!r} in the room of {self.rules.project!r}" + ignored,
+                              policy=policy)
+            verdict, policy, reason = check_policy_signatures(signed, self.keys_for(ev.sender))
+            return Record(filename, owner, ev.event_id, ev.sender, verdict, reason + ignored, policy=policy)
         att = signed.attestation
         if att.project != self.rules.project:
             return Record(
@@ -587,7 +615,7 @@ class RoomView:
         return Record(filename, owner, ev.event_id, ev.sender, verdict, reason + ignored, checked, checked.sha256)
 
     def _judge_intruder(self, slot: _Slot, ev: RoomEvent) -> Record:
-        filename, owner = slot
+        _, filename, owner = slot
         claimed = _claimed(ev.content)
         by = self._removed_by(ev)
         if by is not None:
@@ -597,12 +625,16 @@ class RoomView:
         return Record(filename, owner, ev.event_id, ev.sender, Verdict.IMPERSONATION if owner else Verdict.MALFORMED,
                       reason, None, claimed)
 
-    def _read(self, ev: RoomEvent) -> SignedAttestation | tuple[Verdict, str]:
+    def _read(self, ev: RoomEvent) -> SignedAttestation | SignedPolicy | tuple[Verdict, str]:
         held = self._signed.get(ev.event_id)
         if held is not None and held[0] is ev:
             return held[1]
         assert ev.state_key is not None
-        got = read_attestation(ev.content, ev.state_key, ev.sender)
+        got: SignedAttestation | SignedPolicy | tuple[Verdict, str]
+        if ev.type == POLICY_TYPE:
+            got = read_policy(ev.content, ev.state_key, ev.sender)
+        else:
+            got = read_attestation(ev.content, ev.state_key, ev.sender)
         self._signed[ev.event_id] = (ev, got)
         return got
 

@@ -22,6 +22,7 @@ from synapse_pypi.trust import (
     verify_attestation,
     verify_key_base64,
 )
+from synapse_pypi.trust._bans import POLICY_TYPE, build_policy, policy_state_key
 from synapse_pypi.trust._fold import CREATE, POWER_LEVELS, PROJECT_FIELD, REDACTION, RoomEvent, RoomView, Rules, fold
 
 BOT = "@pypi-bot:a.example"
@@ -277,7 +278,7 @@ def actions(draw: Any) -> list[tuple]:
     """A sequence of abstract actions; turned into events by `play`."""
     out = []
     for _ in range(draw(st.integers(0, 14))):
-        kind = draw(st.sampled_from(["att", "att", "att", "key", "power", "redact", "junk", "junk_key"]))
+        kind = draw(st.sampled_from(["att", "att", "att", "key", "power", "redact", "junk", "junk_key", "policy"]))
         if kind == "att":
             out.append(("att", draw(st.sampled_from(USERS)), draw(st.sampled_from(FILES)),
                         draw(st.sampled_from(SHAS)), draw(st.sampled_from([None] + USERS)),
@@ -289,6 +290,10 @@ def actions(draw: Any) -> list[tuple]:
             out.append(("power", levels, draw(st.sampled_from([0, 60])), draw(st.sampled_from([50, 100]))))
         elif kind == "redact":
             out.append(("redact", draw(st.sampled_from(USERS)), draw(st.integers(0, 50)), draw(st.booleans())))
+        elif kind == "policy":
+            out.append(("policy", draw(st.sampled_from(USERS)), draw(st.sampled_from(["file", "version", "project"])),
+                        draw(st.sampled_from(["ban", "unban"])), draw(st.sampled_from([None] + USERS)),
+                        draw(st.sampled_from(["own", "other", "wrong_project"]))))
         elif kind == "junk":
             out.append(("junk", draw(st.sampled_from(USERS)), draw(st.sampled_from(FILES + ["bad/key/x", "nofilename"])),
                         draw(json_values)))
@@ -314,9 +319,20 @@ def play(acts: list[tuple]) -> list[RoomEvent]:
             events.append(power(levels, users_default=default, redact=redact))
         elif kind == "redact":
             _, sender, index, applied = act
-            targets = [e for e in events if e.type in (ATTESTATION_TYPE, KEY_TYPE)]
+            targets = [e for e in events if e.type in (ATTESTATION_TYPE, KEY_TYPE, POLICY_TYPE)]
             if targets:
                 events.append(redaction(sender, targets[index % len(targets)].event_id, applied))
+        elif kind == "policy":
+            _, sender, pkind, recommendation, slot, signer = act
+            entity = {"file": FILES[0], "version": "1.0", "project": PROJECT}[pkind]
+            project = "other" if signer == "wrong_project" else PROJECT
+            if pkind == "project":
+                entity = project
+            content = build_policy(project=project, kind=pkind, entity=entity, recommendation=recommendation,
+                                   reason="why", source="moderator", timestamp=1, publisher=sender,
+                                   signing_key=KEYS[sender] if signer != "other" else OTHER_KEY)
+            events.append(RoomEvent(_eid(), POLICY_TYPE, sender, policy_state_key(pkind, entity, slot or sender),
+                                    content))
         elif kind == "junk":
             _, sender, skey, content = act
             content = content if isinstance(content, dict) else {"schema": content}
@@ -348,7 +364,7 @@ def final_state(events: list[RoomEvent]) -> list[RoomEvent]:
     out = []
     for (etype, skey), evs in history.items():
         out.append(marked(evs[-1]))
-        if etype in (ATTESTATION_TYPE, KEY_TYPE):
+        if etype in (ATTESTATION_TYPE, KEY_TYPE, POLICY_TYPE):
             owner = skey if etype == KEY_TYPE else skey.partition("/")[2]
             if evs[-1].sender != owner:
                 owned = [e for e in evs if e.sender == owner]
@@ -361,6 +377,7 @@ def snapshot(view: RoomView) -> tuple:
     return (
         [(r.filename, r.publisher, r.event_id, r.verdict, r.sha256) for r in view.records()],
         [(r.filename, r.publisher, r.event_id, r.verdict) for r in view.intruders()],
+        [(r.filename, r.publisher, r.event_id, r.verdict, r.policy) for r in view.policies()],
     )
 
 
@@ -383,6 +400,11 @@ def test_only_well_formed_signed_attestations_count(acts: list[tuple]) -> None:
     view = RoomView("!room", RULES)
     for ev in play(acts):
         view.apply(ev)
+    for rec in view.policies():
+        if rec.valid:
+            ev = view.event_for(rec.event_id)
+            assert ev is not None and ev.sender == rec.publisher and rec.policy is not None
+            assert rec.policy.project == PROJECT and KEYS[ev.sender] is not None
     for rec in view.records():
         if not rec.valid:
             assert rec.sha256 is None
@@ -397,7 +419,7 @@ def test_only_well_formed_signed_attestations_count(acts: list[tuple]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([ATTESTATION_TYPE, KEY_TYPE, POWER_LEVELS, CREATE, REDACTION]),
+@given(st.lists(st.tuples(st.sampled_from([ATTESTATION_TYPE, KEY_TYPE, POWER_LEVELS, CREATE, REDACTION, POLICY_TYPE]),
                           st.sampled_from(USERS + ["", "x"]), st.one_of(st.none(), st.text(max_size=30)),
                           json_values), max_size=20))
 def test_arbitrary_content_never_raises(raw: list[tuple]) -> None:
@@ -413,3 +435,21 @@ def test_arbitrary_content_never_raises(raw: list[tuple]) -> None:
     fold("!room", RULES, events)
     for rec in view.records():
         assert rec.verdict in Verdict
+
+
+def test_a_policy_bans_only_with_a_trusted_key_and_a_redaction_lifts_it() -> None:
+    view = base_room()
+    ban = build_policy(project=PROJECT, kind="version", entity="1.0", recommendation="ban", reason="malware",
+                       source="moderator", timestamp=1, publisher=BOT, signing_key=KEYS[BOT])
+    ev = RoomEvent(_eid(), POLICY_TYPE, BOT, policy_state_key("version", "1.0", BOT), ban)
+    view.apply(ev)
+    (rec,) = view.policies()
+    assert rec.valid and rec.policy.covers(FILES[0], "1.0") and not rec.policy.covers(FILES[0], "2.0")
+    # An untrusted user's ban counts for nothing.
+    rogue = build_policy(project=PROJECT, kind="project", entity=PROJECT, recommendation="ban", reason="x",
+                         source="moderator", timestamp=1, publisher=EVE, signing_key=KEYS[EVE])
+    view.apply(RoomEvent(_eid(), POLICY_TYPE, EVE, policy_state_key("project", PROJECT, EVE), rogue))
+    assert [r.valid for r in view.policies() if r.publisher == EVE] == [False]
+    view.apply(redaction(MOD, ev.event_id))
+    assert not [r for r in view.policies() if r.valid and r.publisher == BOT]
+
