@@ -229,6 +229,22 @@ class Store:
 
         return await self._run_db("synapse_pypi_cached_files", txn)
 
+    async def wheels_without_metadata(self) -> List[Tuple[str, str, str]]:
+        """(project, filename, sha256) of cached wheels with no `<wheel>.metadata` cached."""
+
+        def txn(t: Any) -> List[Tuple[str, str, str]]:
+            # Wildcards and the suffix are parameters: no literal % or ? in SQL (SYNAPSE-FACTS §4).
+            t.execute(
+                "SELECT f.project, f.filename, f.sha256 FROM synapse_pypi_files f"
+                " JOIN synapse_pypi_blobs b ON b.sha256 = f.sha256"
+                " WHERE f.filename LIKE ? AND NOT EXISTS (SELECT 1 FROM synapse_pypi_files m"
+                " WHERE m.project = f.project AND m.filename = f.filename || ?)",
+                ("%.whl", ".metadata"),
+            )
+            return [(r[0], r[1], r[2]) for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_wheels_without_metadata", txn)
+
     # -- storage backends ------------------------------------------------------------
 
     async def refs_for(self, sha256: str) -> Dict[str, str]:

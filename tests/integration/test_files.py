@@ -107,7 +107,8 @@ def test_large_file_truncated_mid_stream_aborts_and_caches_nothing(mirror):
     sha = sha256_file(path)
     upstream_path = mirror.upstream.file_path("cutoff-pkg", path.name)
     mirror.get("/simple/cutoff-pkg/")
-    mirror.upstream.fault(upstream_path, "truncate", bytes=2_000_000)
+    # Paced, so that the mirror has answered (after its first MiB) before the cut comes.
+    mirror.upstream.fault(upstream_path, "truncate", bytes=2_000_000, rate=1_000_000)
     with pytest.raises(Exception) as e:  # IncompleteRead or a reset: never a whole body
         with urllib.request.urlopen(mirror.hs.url + f"/simple/cutoff-pkg/{path.name}", timeout=60) as r:
             r.read()
