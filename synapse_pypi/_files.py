@@ -224,9 +224,13 @@ class LocalCache:
         """Whether `size` more bytes fit on the disk (leaving `min_free`), evicting least
         recently used blobs not in use to make them fit if need be."""
         need = size + self._min_free
-        if self.free_bytes() >= need:
+        free = self.free_bytes()
+        if free >= need:
             return True
-        for sha256 in self._eviction_order():
+        candidates = self._eviction_order()
+        if free + sum(self._sizes[s] for s in candidates) < need:
+            return False  # even an empty cache would not make it fit: keep what we have
+        for sha256 in candidates:
             if self.free_bytes() >= need:
                 break
             await self.remove(sha256, reason="evicted to make room on a full disk")
@@ -712,10 +716,12 @@ class FileChain:
 
     @staticmethod
     def _response_length(wanted: WantedFile, response: Any) -> Optional[int]:
-        lengths = response.headers.getRawHeaders("content-length") or []
-        if not (lengths and lengths[0].isdigit()):
+        # Twisted's client keeps Content-Length out of `headers` (a connection-control
+        # header) and gives it as `length`; reading the headers instead is why first
+        # downloads used to go out chunked whenever the index had no size.
+        length = response.length
+        if not isinstance(length, int):
             return wanted.size
-        length = int(lengths[0])
         if wanted.size is not None and wanted.size != length:
             raise ChecksumError(
                 wanted.url,

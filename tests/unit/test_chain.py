@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import _DataLoss
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from synapse_pypi._backends import Backends
 from synapse_pypi._config import StorageProviderConfig
@@ -121,7 +122,9 @@ class FakeResponse:
 
     def __init__(self, length: Optional[int]):
         self.code = 200
-        self.headers = Headers({"content-length": [str(length)]} if length is not None else {})
+        # As Twisted's client gives it: Content-Length as `length`, not among the headers.
+        self.headers = Headers({})
+        self.length = length if length is not None else UNKNOWN_LENGTH
         self.protocol: Any = None
         self.transport = BodyTransport(self)
         self.ended = False
