@@ -165,7 +165,22 @@ class HeadResponder(Responder):
         return defer.succeed(None)
 
 
-class FileResponder(Responder):
+class _OpenFile(Responder):
+    """A responder that streams from a descriptor it owns (closed, once, by `close`)."""
+
+    def __init__(self, fd: int, on_close: Callable[[], None] = lambda: None):
+        self._fd = fd
+        self._on_close = on_close
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+            self._on_close()
+
+
+class FileResponder(_OpenFile):
     """A committed, verified file of the local cache, open already (so an eviction or a
     purge meanwhile cannot pull it away mid-response).
 
@@ -185,29 +200,21 @@ class FileResponder(Responder):
         cache_path: Optional[str],
         on_close: Callable[[], None] = lambda: None,
     ):
+        super().__init__(fd, on_close)
         st = os.fstat(fd)
-        self._fd = fd
         self.length = st.st_size
         self.mtime = st.st_mtime
         self.sha256 = sha256
         self.content_type = content_type
         self.cache_path = cache_path
-        self._on_close = on_close
-        self._closed = False
 
     def write_to(self, consumer: Consumer, first: int = 0, last: Optional[int] = None) -> "defer.Deferred[None]":
         assert self.length is not None
         end = self.length if last is None else last + 1
         return _Streamer(consumer, self._fd, first, _Fixed(end), self.sha256 or "").start()
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            os.close(self._fd)
-            self._on_close()
 
-
-class TailResponder(Responder):
+class TailResponder(_OpenFile):
     """A file still being downloaded, read from its partial file behind the writer.
 
     Args:
@@ -217,21 +224,15 @@ class TailResponder(Responder):
 
     def __init__(self, progress: Progress, fd: int, name: str, content_type: str, length: Optional[int],
                  sha256: Optional[str]):  # fmt: skip
+        super().__init__(fd)
         self._progress = progress
-        self._fd = fd
         self._name = name
         self.content_type = content_type
         self.length = length
         self.sha256 = sha256
-        self._closed = False
 
     def write_to(self, consumer: Consumer, first: int = 0, last: Optional[int] = None) -> "defer.Deferred[None]":
         return _Streamer(consumer, self._fd, 0, _Follow(self._progress), self._name).start()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            os.close(self._fd)
 
 
 class RelayResponder(Responder):

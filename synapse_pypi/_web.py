@@ -327,7 +327,7 @@ class SimpleResource(Resource):
         if self._x_accel_redirect is None or responder.cache_path is None:
             return False
         said = request.getHeader(b"x-sendfile-type")
-        if said is None or said.strip().lower() != SENDFILE_TYPE.decode():
+        if said is None or said.strip().lower() != SENDFILE_TYPE:
             return False
         location = self._x_accel_redirect + quote(responder.cache_path)
         request.setHeader(b"X-Accel-Redirect", location.encode())
