@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from .processes import stop_process
 
 __all__ = ["NginxServer", "nginx_binary"]
 
@@ -115,14 +116,7 @@ class NginxServer:
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM (fast shutdown) to our own master process by its PID; it stops its workers."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        stop_process(proc, timeout)
 
     def log_tail(self) -> str:
         parts = []

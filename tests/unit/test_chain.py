@@ -273,6 +273,26 @@ def wanted_for(data: bytes, name: str = "demo-1.0.tar.gz", size: bool = True) ->
                       len(data) if size else None)  # fmt: skip
 
 
+def streaming(c: Chain, data: bytes, fed: int = 2 * MB, sent: Optional[bytes] = None) -> tuple:
+    """Start the download of `data` (the upstream sends `sent` instead, if given), feed the
+    first `fed` bytes, and return the upstream response and the responder the client got."""
+    response = FakeResponse(len(data))
+    c.upstream.responses.append(response)
+    d = c.fetch(wanted_for(data))
+    response.feed((data if sent is None else sent)[:fed])
+    return response, result_of(d)
+
+
+def downloaded(c: Chain, data: bytes, name: str = "demo-1.0.tar.gz") -> defer.Deferred:
+    """Fetch `data` through the chain, the upstream sending all of it; the fetch's Deferred."""
+    response = FakeResponse(len(data))
+    c.upstream.responses.append(response)
+    d = c.fetch(wanted_for(data, name=name))
+    response.feed(data)
+    response.end()
+    return d
+
+
 def result_of(d: defer.Deferred) -> Any:
     assert d.called, "not answered yet"
     if isinstance(d.result, Failure):
@@ -328,12 +348,7 @@ def test_many_clients_one_download(tmp_path):
 def test_a_paused_client_is_not_written_to_and_resumes(tmp_path):
     c = Chain(tmp_path)
     data = wheel_bytes(3 * MB)
-    response = FakeResponse(len(data))
-    c.upstream.responses.append(response)
-    d = c.fetch(wanted_for(data))
-    response.feed(data)
-    response.end()
-    with result_of(d) as responder:
+    with result_of(downloaded(c, data)) as responder:
         client = Client(window=300 * 1024)
         done = responder.write_to(client)
         reads = 0
@@ -368,11 +383,7 @@ def test_a_slow_disk_pauses_the_upstream(tmp_path):
 def test_a_client_that_goes_away_leaves_the_download_to_finish(tmp_path):
     c = Chain(tmp_path)
     data = wheel_bytes(3 * MB)
-    response = FakeResponse(len(data))
-    c.upstream.responses.append(response)
-    d = c.fetch(wanted_for(data))
-    response.feed(data[: 2 * MB])
-    responder = result_of(d)
+    response, responder = streaming(c, data)
     client = Client()
     done = responder.write_to(client)
     client.go_away()
@@ -388,11 +399,7 @@ def test_a_client_that_goes_away_leaves_the_download_to_finish(tmp_path):
 def test_a_source_that_fails_mid_stream_cuts_the_client_off_and_keeps_nothing(tmp_path):
     c = Chain(tmp_path)
     data = wheel_bytes(3 * MB)
-    response = FakeResponse(len(data))
-    c.upstream.responses.append(response)
-    d = c.fetch(wanted_for(data))
-    response.feed(data[: 2 * MB])
-    responder = result_of(d)
+    response, responder = streaming(c, data)
     client = Client()
     done = responder.write_to(client)
     response.cut()
@@ -419,11 +426,7 @@ def test_a_hash_mismatch_never_gives_the_client_the_whole_file(tmp_path):
     c = Chain(tmp_path)
     data = wheel_bytes(3 * MB)
     wrong = data[:-1] + b"!"
-    response = FakeResponse(len(data))
-    c.upstream.responses.append(response)
-    d = c.fetch(wanted_for(data))
-    response.feed(wrong[: 2 * MB])
-    responder = result_of(d)
+    response, responder = streaming(c, data, sent=wrong)
     client = Client()
     responder.write_to(client)
     response.feed(wrong[2 * MB :])
@@ -492,12 +495,7 @@ class SocketPairSocket:
 def test_cached_files_go_out_with_sendfile_and_ranges(tmp_path):
     c = Chain(tmp_path)
     data = wheel_bytes(5 * MB)
-    response = FakeResponse(len(data))
-    c.upstream.responses.append(response)
-    d = c.fetch(wanted_for(data))
-    response.feed(data)
-    response.end()
-    result_of(d).close()
+    result_of(downloaded(c, data)).close()
     a, b = socket.socketpair()
     a.setblocking(False)
     try:
@@ -669,13 +667,7 @@ def test_the_disk_filling_up_midway_fails_the_download_and_waiting_clients_strea
 def test_make_room_evicts_least_recently_used_files(tmp_path, monkeypatch):
     c = Chain(tmp_path)
     for i in range(3):
-        data = wheel_bytes(100_000, seed=i)
-        response = FakeResponse(len(data))
-        c.upstream.responses.append(response)
-        d = c.fetch(wanted_for(data, name=f"demo-{i}.tar.gz"))
-        response.feed(data)
-        response.end()
-        result_of(d).close()
+        result_of(downloaded(c, wheel_bytes(100_000, seed=i), name=f"demo-{i}.tar.gz")).close()
     # A 1 MB disk that holds nothing but the cache (the real one is shared with other work).
     import synapse_pypi._files as files_module
 
