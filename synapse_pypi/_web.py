@@ -246,7 +246,9 @@ class SimpleResource(Resource):
         only where it is served)."""
         # Only sizes and metadata the upstream left out, and offline pages, need to know
         # what is cached.
-        needs_cache = offline or any(f.size is None or not f.core_metadata for f in page.files)
+        needs_cache = offline or any(
+            f.size is None or (not f.core_metadata and f.filename.endswith(".whl")) for f in page.files
+        )
         cached = await self._files.cached_files(page.name) if needs_cache else {}
         pt = self._trust.known_rooms.get(page.name) if self._trust is not None else None
         files = []
