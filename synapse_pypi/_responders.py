@@ -9,8 +9,11 @@ Every responder is a context manager: leaving it releases what it holds.
 
 * `FileResponder`: a committed file of the local cache. On plain TCP it is sent with
   `sendfile(2)`, from the page cache straight into the socket; Twisted's own path copies
-  every 64 KiB through Python (about half of what the disk and loopback give). Elsewhere
-  (TLS) it is read in large chunks.
+  every 64 KiB through Python (about half of what the disk and loopback give). One download
+  at a time sends from the reactor thread (a thread hop per burst would only slow it); while
+  several do, each burst runs in the reactor's thread pool, so that the kernel's copying is
+  spread over the CPUs instead of queueing on the reactor. Elsewhere (TLS) it is read in
+  large chunks.
 * `TailResponder`: a file still downloading, read from its partial file behind the writer,
   all but its last byte until the whole file is verified. If the download fails, or the
   source being relayed is rejected for another, the connection is cut off: a client never
@@ -25,9 +28,9 @@ import hashlib
 import logging
 import os
 from types import TracebackType
-from typing import Any, Callable, Optional, Protocol, Type
+from typing import Any, Callable, Optional, Protocol, Tuple, Type
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer, tcp, threads
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 # Bytes per read where the file goes through Python (TLS, or no sendfile).
 READ_CHUNK = 256 * 1024
-# At most this much per sendfile call, and per turn of the reactor for one response, so
-# that many downloads share the reactor fairly.
+# At most this much per sendfile burst (one thread job), so that many downloads share the
+# threads fairly.
 SENDFILE_TURN = 8 * 1024 * 1024
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK)
 
@@ -47,7 +50,16 @@ _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK)
 class RawSocket(Protocol):
     """The client's socket, for `sendfile(2)`: only where nothing else sits in between."""
 
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """A descriptor of the socket that stays valid until `release` (a duplicate: a thread
+        may still be sending when the connection is closed)."""
+        ...
+
+    def in_thread(self, fn: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        """Run `fn(*args)` in a thread; the Deferred fires on the reactor."""
+        ...
+
+    def release(self) -> None: ...
 
     def busy(self) -> bool:
         """Whether bytes written the ordinary way (the headers) still wait to be sent."""
@@ -333,6 +345,9 @@ class _Streamer:
     client that has gone.
     """
 
+    # Responses being sent with sendfile right now, in this process.
+    sending = 0
+
     def __init__(self, consumer: Consumer, fd: int, start: int, feed: Any, name: str):
         self._consumer = consumer
         self._fd = fd
@@ -341,6 +356,7 @@ class _Streamer:
         self._feed = feed
         self._name = name
         self._sock = consumer.raw_socket()
+        self._job: Optional[defer.Deferred[Any]] = None
         self._paused = False
         self._pumping = False
         self._waiting = False
@@ -348,6 +364,8 @@ class _Streamer:
         self._done: defer.Deferred[None] = defer.Deferred()
 
     def start(self) -> "defer.Deferred[None]":
+        if self._sock is not None:
+            _Streamer.sending += 1
         self._consumer.register(self)
         self._pump()
         return self._done
@@ -372,7 +390,6 @@ class _Streamer:
             return
         self._pumping = True
         try:
-            turn = SENDFILE_TURN
             while not self._paused and not self._over:
                 if self._consumer.gone():
                     self._end(None)
@@ -383,13 +400,8 @@ class _Streamer:
                     return
                 limit = self._feed.limit()
                 if self._pos < limit:
-                    if self._sock is not None and turn <= 0:
-                        self._sock.when_writable()  # let other connections have the reactor
-                        return
-                    n = self._send(limit)
-                    if n is None:
-                        return  # waiting for the socket, or the client is gone
-                    turn -= n
+                    if self._send(limit) is None:
+                        return  # waiting for a burst, for the socket, or the client is gone
                     continue
                 end = self._feed.end()
                 if end is not None and self._pos >= end:
@@ -408,38 +420,82 @@ class _Streamer:
     def _send(self, limit: int) -> Optional[int]:
         """Send what may be sent now; the count sent, or None to wait (or stop)."""
         if self._sock is not None:
+            if self._job is not None:
+                return None
             if self._sock.busy():
                 self._sock.when_writable()
                 return None
-            try:
-                n = os.sendfile(self._sock.fileno(), self._fd, self._pos, min(limit - self._pos, SENDFILE_TURN))
-            except BlockingIOError:
-                self._sock.when_writable()
-                return None
-            except OSError as e:
-                if e.errno in _NO_SENDFILE:
-                    logger.info("sendfile not possible for %s (%s); sending through Python", self._name, e)
-                    self._sock = None
-                    return 0
-                self._end(None)  # the client reset or closed the connection
-                return None
-            if n == 0:
-                raise OSError(f"{self._name}: file shorter than expected at byte {self._pos}")
-            self._sock.sent(n)
-        else:
-            data = os.pread(self._fd, min(READ_CHUNK, limit - self._pos), self._pos)
-            if not data:
-                raise OSError(f"{self._name}: file shorter than expected at byte {self._pos}")
-            n = len(data)
-            self._consumer.write(data)
+            args = (self._sock.fileno(), self._fd, self._pos, min(limit - self._pos, SENDFILE_TURN))
+            if _Streamer.sending <= 1:
+                result = _sendfile_burst(*args)
+                n = self._burst(result)
+                if n is not None and result[1] == "more":
+                    self._sock.when_writable()  # the reactor's other work gets a turn between bursts
+                    return None
+                return n
+            job = self._sock.in_thread(_sendfile_burst, *args)
+            done: list = []
+            job.addBoth(done.append)
+            if done:  # it ran at once
+                return self._burst(done[0])
+            self._job = job
+            job.addCallback(lambda _: self._burst_done(done[0]))
+            return None
+        data = os.pread(self._fd, min(READ_CHUNK, limit - self._pos), self._pos)
+        if not data:
+            raise OSError(f"{self._name}: file shorter than expected at byte {self._pos}")
+        self._consumer.write(data)
+        return self._sent_bytes(len(data))
+
+    def _sent_bytes(self, n: int) -> int:
         self._pos += n
         self._sent += n
         return n
+
+    def _burst_done(self, result: Any) -> None:
+        self._job = None
+        if self._over:
+            self._release()
+            return
+        if self._burst(result) is not None:
+            self._pump()
+
+    def _burst(self, result: Any) -> Optional[int]:
+        """Account for a sendfile burst; the count sent, or None to wait (or stop)."""
+        if isinstance(result, Failure):
+            logger.error("sendfile of %s failed: %s", self._name, result.getErrorMessage())
+            self._end(False, "internal error")
+            return None
+        assert self._sock is not None
+        sent, state = result
+        self._sock.sent(sent)
+        self._sent_bytes(sent)
+        if state == "again":
+            self._sock.when_writable()
+            return None
+        if state == "gone":
+            self._end(None)  # the client reset or closed the connection
+            return None
+        if state == "short":
+            self._end(False, f"file shorter than expected at byte {self._pos}")
+            return None
+        if state == "unsupported":
+            logger.info("sendfile not possible for %s; sending through Python", self._name)
+            self._release()
+        return sent
+
+    def _release(self) -> None:
+        if self._sock is not None:
+            self._sock.release()
+            self._sock = None
+            _Streamer.sending -= 1
 
     def _end(self, complete: Optional[bool], why: str = "") -> None:
         if self._over:
             return
         self._over = True
+        if self._job is None:
+            self._release()  # else once the burst in flight has returned
         self._consumer.unregister()
         if complete is True:
             self._consumer.finish()
@@ -447,6 +503,24 @@ class _Streamer:
             logger.warning("aborting response for %s after %d bytes: %s", self._name, self._sent, why)
             self._consumer.abort()
         fire_all([self._done])
+
+
+def _sendfile_burst(sock: int, fd: int, pos: int, count: int) -> Tuple[int, str]:
+    """In a thread: sendfile(2) up to `count` bytes of `fd` from `pos` to the (non-blocking)
+    socket. (bytes sent, why it stopped): "more", "again" (the socket is full), "gone" (the
+    client went away), "short" (the file ended early), "unsupported"."""
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(sock, fd, pos + sent, count - sent)
+        except BlockingIOError:
+            return sent, "again"
+        except OSError as e:
+            return sent, "unsupported" if e.errno in _NO_SENDFILE else "gone"
+        if n == 0:
+            return sent, "short"
+        sent += n
+    return sent, "more"
 
 
 @implementer(IPushProducer)
@@ -582,9 +656,21 @@ class _TransportSocket:
     def __init__(self, transport: Any, request: Any):
         self._t = transport
         self._request = request
+        self._fd = os.dup(transport.fileno())
 
     def fileno(self) -> int:
-        return int(self._t.fileno())
+        return self._fd
+
+    def in_thread(self, fn: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        # Not Synapse's defer_to_thread: this runs from reactor callbacks (no log context),
+        # and the burst logs nothing.
+        reactor = self._t.reactor
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def busy(self) -> bool:
         t = self._t

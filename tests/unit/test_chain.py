@@ -472,15 +472,33 @@ def test_head_never_downloads(tmp_path):
 
 
 class SocketPairSocket:
-    """A `RawSocket` over one end of a real socket pair; the test reads the other."""
+    """A `RawSocket` over one end of a real socket pair; the test reads the other. Its
+    "thread" runs a burst at once, or (`queued`) when the test says so."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, queued: bool = False):
         self.sock = sock
         self.waiting = 0
         self.sent_total = 0
+        self.queued = queued
+        self.jobs: list = []
+        self.released = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def in_thread(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        if not self.queued:
+            return defer.maybeDeferred(fn, *args)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((d, fn, args))
+        return d
+
+    def run_job(self) -> None:
+        d, fn, args = self.jobs.pop(0)
+        d.callback(fn(*args))
+
+    def release(self) -> None:
+        self.released = True
 
     def busy(self) -> bool:
         return False
@@ -520,9 +538,46 @@ def test_cached_files_go_out_with_sendfile_and_ranges(tmp_path):
                 b.setblocking(True)
                 assert bytes(got) == expected and raw.sent_total == len(expected)
                 assert client.finished and client.body == b""  # nothing went through Python
+                assert raw.released
     finally:
         a.close()
         b.close()
+
+
+def test_with_several_downloads_bursts_go_to_threads_and_a_client_may_leave_meanwhile(tmp_path):
+    c = Chain(tmp_path)
+    data = wheel_bytes(3 * MB)
+    result_of(downloaded(c, data)).close()
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        raws, clients, done = [], [], []
+        for a, _ in pairs:
+            a.setblocking(False)
+            raws.append(SocketPairSocket(a, queued=True))
+            clients.append(Client(sock=raws[-1]))
+        hits = [result_of(c.fetch(wanted_for(data))) for _ in pairs]
+        # The first alone sends from the reactor; once two are sending, bursts wait for a thread.
+        done.append(hits[0].write_to(clients[0]))
+        assert raws[0].jobs == [] and raws[0].sent_total > 0
+        done.append(hits[1].write_to(clients[1]))
+        assert len(raws[1].jobs) == 1 and raws[1].sent_total == 0  # the reactor is free meanwhile
+        raws[1].run_job()
+        assert raws[1].sent_total > 0 and raws[1].waiting  # the socket filled up: wait to be told
+        clients[1].producer.resumeProducing()
+        assert len(raws[1].jobs) == 1
+        clients[1].go_away()  # the client leaves while a burst is in flight
+        assert done[1].called and not raws[1].released  # the descriptor stays until it returns
+        pairs[1][1].recv(1 << 20)
+        raws[1].run_job()
+        assert raws[1].released
+        clients[0].go_away()
+        assert raws[0].released
+        for hit in hits:
+            hit.close()
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
 
 
 # -- storage backends, then the upstream ------------------------------------------------------------
