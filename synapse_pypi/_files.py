@@ -99,10 +99,12 @@ def blob_path(root: str, sha256: str) -> str:
 
 
 def blob_relpath(sha256: str) -> str:
+    """The blob's path relative to the cache directory (what X-Accel-Redirect names)."""
     return os.path.join("sha256", sha256[:2], sha256[2:4], sha256)
 
 
 def content_type(filename: str) -> str:
+    """The media type a file is served with, by its name."""
     if filename.endswith(METADATA_SUFFIX):
         return "text/plain; charset=utf-8"
     if filename.endswith((".whl", ".zip", ".egg")):
@@ -237,9 +239,11 @@ class LocalCache:
         return self.free_bytes() >= need
 
     def reserve(self, size: int) -> None:
+        """Count `size` bytes a download will still write as taken (see `free_bytes`)."""
         self._reserved += size
 
     def unreserve(self, size: int) -> None:
+        """The download is over: its bytes are on disk, or were never written."""
         self._reserved = max(0, self._reserved - size)
 
     # -- commits and LRU ---------------------------------------------------------------
@@ -387,21 +391,25 @@ class Download:
         self.notify()
 
     def expose(self) -> None:
+        """A source started sending: clients may be sent its bytes (all but the last)."""
         if not self.exposed:
             self.exposed = self.responded = True
             self.notify()
 
     def committed(self, sha256: str, path: str) -> None:
+        """The file is verified and in the cache at `path`."""
         self.sha256, self.path = sha256, path
         self.finished = True
         self.notify()
 
     def fail(self, error: BaseException) -> None:
+        """No source could give the file; `error` says why (clients being sent it are cut off)."""
         self.error = error
         self.finished = self.responded = True
         self.notify()
 
     def notify(self) -> None:
+        """Wake everyone waiting for progress."""
         waiters, self._waiters = self._waiters, []
         fire_all(waiters)
 
