@@ -569,7 +569,7 @@ class FileChain:
             try:
                 await self._run(dl)
             finally:
-                self._downloads.pop(key, None)
+                self._forget(dl)
 
         # A background process, not the first client's request: the download finishes
         # (and warms the cache) even if that client goes away.
@@ -596,6 +596,7 @@ class FileChain:
             partial.close()
             await self._cache.commit(partial.path, wanted, sha256, size)
             self._space_back()
+            self._forget(dl)
             dl.committed(sha256, self._cache.blob_path(sha256))
             await self._after_commit(wanted, sha256, size)
         except (DiskFull, InsufficientStorage) as e:
@@ -629,7 +630,15 @@ class FileChain:
     def _fail(self, dl: Download, partial: Optional[PartialFile], error: BaseException) -> None:
         if partial is not None:
             partial.discard()
+        self._forget(dl)
         dl.fail(error)
+
+    def _forget(self, dl: Download) -> None:
+        """No longer the download of its file: the next request starts afresh (at once, not
+        only after the clean-up that follows, or it would be told the old failure)."""
+        key = (dl.wanted.project, dl.wanted.filename)
+        if self._downloads.get(key) is dl:
+            del self._downloads[key]
 
     async def _from_backends(self, dl: Download, partial: PartialFile) -> Optional[Tuple[str, int]]:
         """Try each storage backend that has a reference; (sha256, size) of a verified

@@ -782,3 +782,24 @@ def test_short_writes_are_completed_and_a_write_of_nothing_is_disk_full(tmp_path
     with pytest.raises(DiskFull, match="short write"):
         run(partial.finish())
     run(partial.stopped())
+
+
+def test_a_request_right_after_a_failure_starts_afresh(tmp_path):
+    threads = Threads(auto=False)  # the failed download's clean-up is still waiting on a thread
+    c = Chain(tmp_path, threads=threads)
+    data = wheel_bytes(100_000)
+    first, second = FakeResponse(len(data)), FakeResponse(len(data))
+    c.upstream.responses += [first, second]
+    d = c.fetch(wanted_for(data))
+    first.feed(data[:1000])  # its write waits for a thread ...
+    first.cut()  # ... when the upstream fails: the download's clean-up waits for that write
+    with pytest.raises(UpstreamBadResponse):
+        result_of(d)
+    again = c.fetch(wanted_for(data))  # not told the old failure: a new download
+    second.feed(data)
+    second.end()
+    threads.run_all()
+    with result_of(again) as responder:
+        client = Client()
+        responder.write_to(client)
+        assert client.finished and bytes(client.body) == data
