@@ -14,7 +14,10 @@ be with nothing of Synapse or the module in the way. Then it measures, in one ru
    20 ms, with VmHWM as a cross-check) and after.
 2. Requests per second for a warm `/simple/<project>/` page at 16 connections, homeserver
    and reference serving the same bytes, with wrk when installed (else a Python client).
-3. MB/s for downloading the same large cached file from both.
+3. MB/s for a warm 100 MB wheel, one stream and 8 parallel streams, from the homeserver's
+   cache and from nginx serving the same file from disk with sendfile (the physical limit
+   here), with the Twisted static server alongside (what the homeserver used to do); curl is
+   the client, as in ../shared/bench/.
 
 Timings are repeated and the median reported; every ratio compares figures taken in this
 run, interleaved, because the machine may be shared and noisy. Nothing here asserts a
@@ -386,15 +389,84 @@ class StaticServer:
             time.sleep(0.02)  # polling interval, not synchronisation
 
     def stop(self, timeout: float = 10) -> None:
+        from harness.processes import stop_process
+
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        stop_process(proc, timeout)
+
+
+NGINX_FILES = """
+        location /simple/ {{
+            alias {root}/simple/;
+            types {{ }}
+            default_type application/octet-stream;
+        }}
+"""
+
+# curl turns the backslash-n into a newline itself.
+CURL_FORMAT = "%{http_code} %{size_download} %{time_total}\\n"
+
+
+def curl_at_once(urls: Sequence[str], size: int, timeout: float = 300) -> float:
+    """Start one curl per URL at the same moment; MB/s. For one URL: size over curl's own
+    time_total (the start of a process is not the server's); for several, the aggregate:
+    bytes of all over the wall time from the first start to the last end, as
+    ../shared/bench/ measures them.
+
+    Raises:
+        BenchError: a download that is not a 200 of `size` bytes.
+    """
+    curl = shutil.which("curl")
+    if curl is None:
+        raise BenchError("curl is not installed (apt-get install curl)")
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen([curl, "-sS", "-o", "/dev/null", "--max-time", str(int(timeout)), "-w",
+                          CURL_FORMAT, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for url in urls
+    ]  # fmt: skip
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout + 30)
+        outs.append((out.decode().split(), err.decode().strip()))
+    wall = time.perf_counter() - t0
+    for fields, err in outs:
+        if len(fields) < 3 or fields[0] != "200" or int(float(fields[1])) != size:
+            raise BenchError(f"curl: {fields} {err}")
+    if len(urls) == 1:
+        return size / MB / float(outs[0][0][2])
+    return len(urls) * size / MB / wall
+
+
+def loadavg() -> list[float]:
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def file_speed(servers: dict[str, str], size: int, single_rounds: int, par_rounds: int, streams: int,
+               log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Warm-file MB/s of each server, 1 stream and `streams` at once, the servers' order
+    rotated every round so that the machine's drift falls on all alike."""
+    names = list(servers)
+    figures: dict[str, dict[str, list[float]]] = {n: {"single": [], "parallel": []} for n in names}
+    load = [loadavg()]
+    for kind, rounds, count in (("single", single_rounds, 1), ("parallel", par_rounds, streams)):
+        for i in range(rounds):
+            order = names[i % len(names):] + names[: i % len(names)]
+            for name in order:
+                figures[name][kind].append(curl_at_once([servers[name]] * count, size))
+            log(f"  files {kind} round {i + 1}/{rounds}: "
+                + ", ".join(f"{n} {figures[n][kind][-1]:.0f}" for n in names))  # fmt: skip
+            load.append(loadavg())
+    out: dict[str, Any] = {"file_bytes": size, "streams": streams, "loadavg": load, "client": "curl, -o /dev/null"}
+    for name in names:
+        out[name] = {kind: {"rounds": figures[name][kind], "median": statistics.median(figures[name][kind])}
+                     for kind in ("single", "parallel")}  # fmt: skip
+    for kind in ("single", "parallel"):
+        out[f"ratio_{kind}"] = out["synapse"][kind]["median"] / out["nginx"][kind]["median"]
+        # Per-round ratios (same round, adjacent runs): how noisy the comparison was.
+        out[f"round_ratios_{kind}"] = [a / b for a, b in zip(figures["synapse"][kind], figures["nginx"][kind])]
+    return out
 
 
 # -- measurements ----------------------------------------------------------------------------
@@ -524,17 +596,24 @@ def render_table(s: dict[str, Any]) -> str:
     out += [
         "",
         (
-            f"3. Warm file download ({files['file_bytes'] / MB:.0f} MB, cached), one connection, "
-            f"{files['rounds']} runs each: MB/s"
+            f"3. Warm {files['file_bytes'] / MB:.0f} MB wheel from the cache: MB/s, 1 stream and {files['streams']} "
+            "at once (aggregate)"
         ),
         f"   client: {files['client']}",
-        f"   {'':16} {'median MB/s':>12}   runs",
+        f"   {'':24} {'1 stream':>9} {str(files['streams']) + ' streams':>11}   rounds (1 / {files['streams']})",
     ]
-    for key, label in (("synapse", "synapse-pypi"), ("reference", "twisted static")):
+    labels = (("synapse", "synapse-pypi"), ("nginx", "nginx (sendfile)"), ("reference", "twisted static.File"))
+    for key, label in labels:
         r = files[key]
-        rounds = ", ".join(f"{x:.0f}" for x in r["rounds"])
-        out.append(f"   {label:16} {r['median']:>12.0f}   {rounds}")
-    out.append(f"   ratio synapse-pypi / reference: {files['ratio']:.3f}")
+        rounds = " / ".join(", ".join(f"{x:.0f}" for x in r[kind]["rounds"]) for kind in ("single", "parallel"))
+        out.append(f"   {label:24} {r['single']['median']:>9.0f} {r['parallel']['median']:>11.0f}   {rounds}")
+    for kind in ("single", "parallel"):
+        spread = files[f"round_ratios_{kind}"]
+        out.append(
+            f"   ratio synapse-pypi / nginx, {kind}: {files[f'ratio_{kind}']:.2f} "
+            f"(per round {min(spread):.2f}-{max(spread):.2f})"
+        )
+    out.append("   load average during the file rounds: " + ", ".join(f"{x[0]:.2f}" for x in files["loadavg"]))
     out += ["", f"total time {s['seconds']:.0f} s", ""]
     return "\n".join(out)
 
@@ -567,7 +646,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import synapse
     import twisted
     from harness.dists import build_wheel, project_dir, sha256_file
-    from harness.synapse import SynapseServer
+    from harness.nginx import NginxServer
+    from harness.synapse import SynapseServer, free_port
     from harness.upstream import UpstreamServer
 
     t_start = time.monotonic()
@@ -586,15 +666,18 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for i in range(args.cold_runs):
             path = build_wheel(big_dir, BIG_PROJECT, f"{i + 1}.0", payload_size=args.file_size)
             big.append((path, path.stat().st_size, sha256_file(path)))
+        speed = build_wheel(big_dir, BIG_PROJECT, "100.0", payload_size=args.speed_size)
 
     # The reference serves the same bytes under the same paths: /simple/<project>/ is an
     # `index` file (written below, once the homeserver has rendered the page) and the
     # wheel is the upstream's own file.
     ref_root = work / "reference"
     link_or_copy(big[0][0], ref_root / "simple" / BIG_PROJECT / big[0][0].name)
+    link_or_copy(speed, ref_root / "simple" / BIG_PROJECT / speed.name)
 
     upstream = UpstreamServer(dists, work / "upstream")
     reference = StaticServer(ref_root, work / "static", accept)
+    nginx = NginxServer(work / "nginx", NGINX_FILES.format(root=ref_root), free_port(), workers=2)
     hs: SynapseServer | None = None
     try:
         with phase("starting upstream, Synapse and the reference server"):
@@ -607,6 +690,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             )
             hs.start(timeout=120)
             reference.start()
+            nginx.start()
         assert hs.pid is not None
         pid = hs.pid
         page_path = f"/simple/{PAGE_PROJECT}/"
@@ -678,21 +762,17 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 page_files=args.page_files,
             )
 
-        # 3. File throughput.
-        p, size, _ = big[0]
-        furls = {"synapse": file_url(hs.url, p), "reference": file_url(reference.url, p)}
-        with phase("file throughput"):
-            for url in furls.values():  # warm-up: both copies in the page cache
+        # 3. File throughput, against nginx.
+        speed_size = speed.stat().st_size
+        furls = {
+            "synapse": file_url(hs.url, speed),
+            "nginx": file_url(nginx.url, speed),
+            "reference": file_url(reference.url, speed),
+        }
+        with phase("file throughput (curl)"):
+            for url in furls.values():  # warm-up: the homeserver caches it, then all from the page cache
                 download(url)
-
-            def file_round(server: str) -> float:
-                got, seconds = download(furls[server])
-                if got != size:
-                    raise BenchError(f"{furls[server]}: {got} bytes, expected {size}")
-                return size / MB / seconds
-
-            files = compare("files MB/s", args.file_rounds, file_round, log)
-            files.update(file_bytes=size, rounds=args.file_rounds, client="python http.client, 1 MB readinto")
+            files = file_speed(furls, speed_size, args.file_rounds, args.par_rounds, args.streams, log)
 
         if not hs.running:
             raise BenchError(f"Synapse exited during the benchmark:\n{hs.log_tail()}")
@@ -715,6 +795,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "seconds": time.monotonic() - t_start,
         }
     finally:
+        nginx.stop()
         reference.stop()
         if hs is not None:
             hs.dispose()
@@ -728,8 +809,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--cold-runs", type=int, default=3, help="cold downloads, one fresh wheel each (default 3)")
     p.add_argument("--warm-runs", type=int, default=3, help="warm downloads for the memory figure (default 3)")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the page comparison (default 5)")
-    # A 200 MB download takes a fraction of a second here, so file rounds are many and cheap.
-    p.add_argument("--file-rounds", type=int, default=11, help="downloads per server for MB/s (default 11)")
+    # A 100 MB download takes a fraction of a second here, so file rounds are many and cheap.
+    p.add_argument("--file-rounds", type=int, default=9, help="single-stream downloads per server (default 9)")
+    p.add_argument("--par-rounds", type=int, default=5, help="rounds of parallel downloads per server (default 5)")
+    p.add_argument("--streams", type=int, default=8, help="parallel downloads per round (default 8)")
+    p.add_argument("--speed-size", type=int, default=100_000_000,
+                   help="payload bytes of the wheel for MB/s (default 100 MB)")  # fmt: skip
     p.add_argument("--page-seconds", type=int, default=3, help="seconds per server per page round (default 3)")
     p.add_argument("--connections", type=int, default=16, help="concurrent page clients (default 16)")
     p.add_argument("--page-files", type=int, default=40, help="files listed on the benchmarked page (default 40)")
@@ -739,7 +824,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="Synapse's database (default sqlite)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     args = p.parse_args(argv)
-    for name in ("cold_runs", "warm_runs", "rounds", "file_rounds", "page_seconds", "connections", "file_size"):
+    for name in ("cold_runs", "warm_runs", "rounds", "file_rounds", "page_seconds", "connections", "file_size",
+                 "par_rounds", "streams", "speed_size"):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args

@@ -8,7 +8,7 @@ Synapse restarts: the queue is retried every `storage_retry_interval` until it i
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Set, Tuple
 
 from synapse_pypi._config import StorageProviderConfig
 from synapse_pypi._store import Store
@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 
 
+class StoredListener(Protocol):
+    """Told when a backend has stored a blob (the trust layer refreshes its attestations
+    with the new CID)."""
+
+    async def blob_stored(self, sha256: str, size: int, kind: str, reference: str) -> None: ...
+
+
 class Backends:
     """All storage backends of the module, in config order.
 
@@ -29,6 +36,7 @@ class Backends:
         store: the module's tables.
         blob_path: sha256 -> path of the committed file in the local cache.
         run_background: `ModuleApi.run_as_background_process`.
+        listener: told (in the background) after a backend stored a blob.
         clock: milliseconds since the epoch.
     """
 
@@ -39,6 +47,7 @@ class Backends:
         store: Store,
         blob_path: Callable[[str], str],
         run_background: Callable[..., Any],
+        listener: Optional[StoredListener] = None,
         clock: Optional[Callable[[], int]] = None,
     ):
         self._store = store
@@ -53,9 +62,7 @@ class Backends:
         self._pending: Dict[str, Set[str]] = {}
         self._draining = False
         self._drain_again = False
-        self.stored_count = 0
-        # Called with (sha256, reference kind, reference) after a backend stored a blob.
-        self.on_stored: Optional[Callable[[str, str, str], Any]] = None
+        self._listener = listener
 
     @property
     def writable(self) -> List[Tuple[str, StorageBackend]]:
@@ -119,7 +126,8 @@ class Backends:
                 continue
             path = self._blob_path(sha256)
             try:
-                reference = await backend.store(path, sha256, _size(path))
+                size = _size(path)
+                reference = await backend.store(path, sha256, size)
             except FileNotFoundError:
                 logger.warning("not adding %s to %s: no longer in the local cache", sha256, backend.describe())
                 await self._store.drop_pending(sha256, name)
@@ -139,11 +147,10 @@ class Backends:
                 continue
             self._came_back(name, backend)
             await self._store.record_stored(sha256, name, backend.reference_kind, reference, self._now())
-            self.stored_count += 1
             logger.info("stored %s in %s as %s", sha256, backend.describe(), reference)
-            if self.on_stored is not None:
+            if self._listener is not None:
                 self._run_background(
-                    "synapse_pypi_on_stored", self.on_stored, sha256, backend.reference_kind, reference
+                    "synapse_pypi_on_stored", self._listener.blob_stored, sha256, size, backend.reference_kind, reference
                 )
             self._done(sha256, name)
 

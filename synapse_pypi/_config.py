@@ -50,6 +50,12 @@ class PyPIConfig:
     upstream_retry_ms: int = 10_000
     max_page_size: int = 64 * 1024**2
     max_cache_size: int = 10 * 1024**3
+    # Disk space left free on the cache's filesystem; a file that would need more is
+    # streamed through without being cached.
+    min_free_space: int = 100 * 1024**2
+    # A reverse proxy's internal location for the cache directory (X-Accel-Redirect);
+    # None: the homeserver sends cached files itself.
+    x_accel_redirect: Optional[str] = None
     storage_providers: Tuple[StorageProviderConfig, ...] = ()
     # How often pending IPFS adds are retried while a storage backend is down.
     storage_retry_ms: int = 5000
@@ -119,6 +125,8 @@ KNOWN_KEYS = frozenset(
         "upstream_retry_interval",
         "max_page_size",
         "max_cache_size",
+        "min_free_space",
+        "x_accel_redirect",
     }
 )
 
@@ -268,6 +276,11 @@ def parse_config(config: Any) -> PyPIConfig:
     if "max_cache_size" in config:
         kwargs["max_cache_size"] = parse_size(config["max_cache_size"], "max_cache_size")
 
+    if "min_free_space" in config:
+        kwargs["min_free_space"] = parse_size(config["min_free_space"], "min_free_space")
+    if config.get("x_accel_redirect") is not None:
+        kwargs["x_accel_redirect"] = _parse_internal_location(config["x_accel_redirect"], "x_accel_redirect")
+
     if "storage_providers" in config:
         kwargs["storage_providers"] = parse_storage_providers(config["storage_providers"])
     if "storage_retry_interval" in config:
@@ -276,6 +289,20 @@ def parse_config(config: Any) -> PyPIConfig:
     kwargs.update(_parse_trust(config))
     kwargs.setdefault("signing_key_path", os.path.join(data_directory, "attestation_signing.key"))
     return PyPIConfig(data_directory=data_directory, upstream_url=upstream_url, **kwargs)
+
+
+_LOCATION_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+
+
+def _parse_internal_location(value: Any, key: str) -> str:
+    """A URI path such as "/_pypi_cache/" (an nginx `internal` location), ending in "/"."""
+    if not isinstance(value, str) or not _LOCATION_RE.match(value) or "//" in value or "/../" in value + "/":
+        raise ConfigError(
+            f"'{key}' must be the path of the reverse proxy's internal location for the cache directory, "
+            f"like /_synapse_pypi_cache/, not {value!r}",
+            path=(key,),
+        )
+    return value if value.endswith("/") else value + "/"
 
 
 _LOCALPART_RE = re.compile(r"^[a-z0-9._=/+-]{1,64}$")

@@ -1,5 +1,6 @@
 """The entry class named in homeserver.yaml: wires the parts and registers them."""
 
+import functools
 import logging
 import os
 from typing import Any, Optional, Tuple
@@ -12,10 +13,11 @@ from synapse_pypi._admin import AdminResource
 from synapse_pypi._backends import Backends
 from synapse_pypi._browse import make_resource as make_browse_resource
 from synapse_pypi._config import PyPIConfig, parse_config
-from synapse_pypi._files import FileService, LocalCache
+from synapse_pypi._files import FileChain, LocalCache, blob_path
 from synapse_pypi._matrix_queue import MatrixQueue, QueueSettings, RequestGauge
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._pages import PageService
+from synapse_pypi._serve_policy import TrustServePolicy
 from synapse_pypi._store import Store
 from synapse_pypi._synapse_fixes import give_notifications_their_own_context
 from synapse_pypi._trust_service import TrustService
@@ -48,19 +50,6 @@ class PyPIModule:
         give_notifications_their_own_context(api.server_name)
         os.makedirs(config.data_directory, exist_ok=True)
         self._store = Store(api.run_db_interaction)
-        self._cache = LocalCache(os.path.join(config.data_directory, "cache"), self._store, config.max_cache_size)
-        self._backends: Optional[Backends] = None
-        if config.storage_providers:
-            context = BackendContext(
-                reactor=reactor,
-                data_directory=config.data_directory,
-                defer_to_thread=api.defer_to_thread,
-                yieldable=make_deferred_yieldable,
-            )
-            self._backends = Backends(
-                config.storage_providers, context, self._store, self._cache.blob_path, api.run_as_background_process
-            )
-            self._cache.keep = self._backends.has_pending
         self._upstream = UpstreamClient(
             reactor, config.upstream_timeout_s, config.max_page_size, make_deferred_yieldable
         )
@@ -73,9 +62,6 @@ class PyPIModule:
             fallback=self._page_without_upstream,
             defer_to_thread=api.defer_to_thread,
             retry_ms=config.upstream_retry_ms,
-        )
-        self._files = FileService(
-            self._cache, self._store, self._upstream, api.run_as_background_process, self._backends
         )
         # The attestation key is made on first start and kept under the data directory.
         self._signing_key = load_or_create_key(config.signing_key_path)
@@ -102,22 +88,62 @@ class PyPIModule:
             on_vouch_lost=self._pages.expire,
             clock=reactor,
         )
-        self._files.on_committed = self._attest
-        # The CIDs in attestations let the read path try IPFS for a file not cached here.
-        self._files.learn_references = self._learn_references
-        if self._backends is not None:
-            self._backends.on_stored = self._stored
+        # What the file path asks of the trust layer, and tells it (see _serve_policy.py).
+        self._policy = TrustServePolicy(self._trust, self._pages, self._store)
+        # A file request, top to bottom: SimpleResource -> policy.hash_to_serve -> FileChain
+        # (LocalCache, then Backends, then UpstreamClient) -> a Responder the resource writes.
+        cache_root = os.path.join(config.data_directory, "cache")
+        self._backends: Optional[Backends] = None
+        if config.storage_providers:
+            context = BackendContext(
+                reactor=reactor,
+                data_directory=config.data_directory,
+                defer_to_thread=api.defer_to_thread,
+                yieldable=make_deferred_yieldable,
+            )
+            self._backends = Backends(
+                config.storage_providers,
+                context,
+                self._store,
+                functools.partial(blob_path, cache_root),
+                api.run_as_background_process,
+                listener=self._policy,
+            )
+        self._cache = LocalCache(
+            cache_root,
+            self._store,
+            config.max_cache_size,
+            # Blobs not yet added to every backend stay, however old.
+            keep=self._backends.has_pending if self._backends is not None else lambda sha256: False,
+            min_free=config.min_free_space,
+        )
+        self._files = FileChain(
+            self._cache,
+            self._store,
+            self._upstream,
+            backends=self._backends,
+            # The CIDs in others' attestations let the read path try IPFS for a file not
+            # cached here: hints, within cid_hint_timeout.
+            references=self._policy,
+            hint_timeout=config.cid_hint_timeout_s,
+            events=self._policy,
+            run_background=api.run_as_background_process,
+            run_in_background=run_in_background,
+            defer_to_thread=api.defer_to_thread,
+            yieldable=make_deferred_yieldable,
+            clock=reactor,
+        )
         api.register_third_party_rules_callbacks(on_new_event=self._trust.on_new_event)
         self._simple = SimpleResource(
             self._pages,
             self._files,
-            self._cache,
             page_max_age=config.page_ttl_ms // 1000,
             run_in_background=run_in_background,
             yieldable=make_deferred_yieldable,
             clock=reactor,
             trust=self._trust,
-            attest=self._attest_in_background,
+            policy=self._policy,
+            x_accel_redirect=config.x_accel_redirect,
             gauge=self._gauge,
         )
         # Requests that arrive before start-up finished wait for it.
@@ -143,6 +169,7 @@ class PyPIModule:
         await self._cache.start()
         if self._backends is not None:
             await self._backends.start()
+        await self._files.start()
         await self._trust.start()
 
     # -- trust glue ------------------------------------------------------------------
@@ -153,44 +180,6 @@ class PyPIModule:
         dist = page.file(filename) if page is not None else None
         sha = dist.hashes.get("sha256") if dist is not None and dist.url else None
         return sha, fresh and sha is not None
-
-    async def _attest(self, project: str, filename: str, sha256: str, size: int) -> None:
-        """Publish this server's attestation for verified bytes (not for .metadata): handed
-        to the Matrix queue, never awaited by a request."""
-        if filename.endswith(".metadata"):
-            return
-        page = await self._pages.cached(project)
-        dist = page.file(filename) if page is not None else None
-        upstream_sha = dist.hashes.get("sha256") if dist is not None and dist.url else None
-        if dist is None:
-            dist = index.DistFile(filename=filename, url="", hashes={"sha256": sha256})
-        self._trust.served(project, dist, sha256, size, upstream_sha)
-
-    def _attest_in_background(self, project: str, filename: str, sha256: str, size: int) -> None:
-        self._api.run_as_background_process("synapse_pypi_attest", self._attest, project, filename, sha256, size)
-
-    async def _learn_references(self, project: str, filename: str, sha256: str) -> None:
-        """Record the CIDs that valid attestations of exactly these bytes carry, so the read
-        path can fetch the file from IPFS (whatever the page came from)."""
-        pt = self._trust.known_rooms.get(project)
-        for cid in self._trust.cid_hints(pt, filename, sha256):
-            await self._store.add_ref_if_missing(sha256, "cid", cid, "attestation")
-
-    async def _stored(self, sha256: str, kind: str, reference: str) -> None:
-        """A backend stored a blob: refresh our attestations with its CID."""
-        if kind != "cid":
-            return
-        size = self._cache.size_of(sha256)
-        if size is None:
-            return
-        for project, filename in await self._store.files_for_blob(sha256):
-            if filename.endswith(".metadata"):
-                continue
-            page = await self._pages.cached(project)
-            dist = page.file(filename) if page is not None else None
-            if dist is None:
-                dist = index.DistFile(filename=filename, url="", hashes={"sha256": sha256})
-            self._trust.stored(project, dist, sha256, size)
 
     async def _page_without_upstream(self, project: str) -> Optional[index.ProjectPage]:
         """A project page without the upstream: from the room's attestations, else from

@@ -238,6 +238,22 @@ class Store:
 
         return await self._run_db("synapse_pypi_cached_files", txn)
 
+    async def wheels_without_metadata(self) -> List[Tuple[str, str, str]]:
+        """(project, filename, sha256) of cached wheels with no `<wheel>.metadata` cached."""
+
+        def txn(t: Any) -> List[Tuple[str, str, str]]:
+            # Wildcards and the suffix are parameters: no literal % or ? in SQL (SYNAPSE-FACTS §4).
+            t.execute(
+                "SELECT f.project, f.filename, f.sha256 FROM synapse_pypi_files f"
+                " JOIN synapse_pypi_blobs b ON b.sha256 = f.sha256"
+                " WHERE f.filename LIKE ? AND NOT EXISTS (SELECT 1 FROM synapse_pypi_files m"
+                " WHERE m.project = f.project AND m.filename = f.filename || ?)",
+                ("%.whl", ".metadata"),
+            )
+            return [(r[0], r[1], r[2]) for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_wheels_without_metadata", txn)
+
     # -- storage backends ------------------------------------------------------------
 
     async def refs_for(self, sha256: str) -> Dict[str, str]:
@@ -248,6 +264,20 @@ class Store:
             return {r[0]: r[1] for r in t.fetchall()}
 
         return await self._run_db("synapse_pypi_refs_for", txn)
+
+    async def own_refs_for(self, sha256: str) -> Dict[str, str]:
+        """kind -> reference for a blob, those our own backends made only (earlier versions
+        also kept CIDs learnt from attestations here: those are hints, asked of the trust
+        layer when needed, and forgotten with a redaction)."""
+
+        def txn(t: Any) -> Dict[str, str]:
+            t.execute(
+                "SELECT kind, reference FROM synapse_pypi_refs WHERE sha256 = ? AND learned_from NOT LIKE ?",
+                (sha256, "attestation%"),
+            )
+            return {r[0]: r[1] for r in t.fetchall()}
+
+        return await self._run_db("synapse_pypi_own_refs_for", txn)
 
     async def add_ref(self, sha256: str, kind: str, reference: str, learned_from: str) -> None:
         def txn(t: Any) -> None:

@@ -86,6 +86,8 @@ class TrustService:
         self._upstream_hashes = upstream_hashes
         self._on_vouch_lost = on_vouch_lost
         self._run_background = api.run_as_background_process
+        #: `ModuleApi.run_as_background_process`, for the parts that hand work over.
+        self.run_background = api.run_as_background_process
         self.queue = queue
         self.bot = f"@{config.bot_localpart}:{api.server_name}"
         self._pinned: Dict[str, Dict[str, Any]] = {}

@@ -77,9 +77,13 @@ class _Timeout(Exception):
     pass
 
 
-class TooLarge(Exception):
-    """Raised by a body consumer that has had more bytes than the file can have; the
+class StopTransfer(Exception):
+    """Raised by a body consumer that cannot take more (the disk is full, say): the
     transfer stops there, without a traceback in the log."""
+
+
+class TooLarge(StopTransfer):
+    """Raised by a body consumer that has had more bytes than the file can have."""
 
 
 class _BodyReader(Protocol):
@@ -110,6 +114,18 @@ class _BodyReader(Protocol):
     def connectionMade(self) -> None:
         self._arm()
 
+    def pause(self) -> None:
+        """Stop reading for now (the consumer is behind); the idle timeout waits too."""
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]  # the response's transport is a producer
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+    def resume(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]  # the response's transport is a producer
+        self._arm()
+
     def _arm(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.reset(self.idle_timeout)
@@ -135,7 +151,7 @@ class _BodyReader(Protocol):
         self._arm()
         try:
             self.on_data(data)
-        except TooLarge as e:
+        except StopTransfer as e:
             self._fail(UpstreamBadResponse(self.url, str(e)))
         except Exception as e:
             logger.exception("error consuming body of %s", self.url)
@@ -284,10 +300,35 @@ class UpstreamClient:
         Raises:
             UpstreamError: reset, truncated, idle for longer than the timeout, or too large.
         """
-        reader = _BodyReader(url, on_data, self._reactor, self._timeout, max_size)
-        response.deliverBody(reader)
+        reader = self.stream_body(url, response, on_data, max_size)
         await self._yieldable(reader.done)
         return reader.received
+
+    def body_reader(self, url: str, on_data: Callable[[bytes], None], max_size: Optional[int] = None) -> _BodyReader:
+        """A reader for a response body, with this client's idle timeout: give it to
+        `response.deliverBody`, then await its `done` (it can be paused and resumed)."""
+        return _BodyReader(url, on_data, self._reactor, self._timeout, max_size)
+
+    def stream_body(
+        self, url: str, response: IResponse, on_data: Callable[[bytes], None], max_size: Optional[int] = None
+    ) -> _BodyReader:
+        """Start reading `response`'s body into `on_data`; the reader's `done` fires at the end."""
+        reader = self.body_reader(url, on_data, max_size)
+        response.deliverBody(reader)
+        return reader
+
+    @staticmethod
+    def abandon(response: IResponse) -> None:
+        """Drop a response without reading its body (the connection is closed)."""
+        response.deliverBody(_Abandon())
+
+
+class _Abandon(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]  # the response's transport is a producer
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]  # Twisted's idiom
+        pass
 
 
 class _Discard(Protocol):

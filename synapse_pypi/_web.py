@@ -7,47 +7,38 @@ status with a one-line plain-text reason. File links in pages are relative
 
 import hashlib
 import logging
-import os
 from typing import Any, Callable, List, Optional
 from urllib.parse import quote, unquote
 
 import attrs
 from twisted.internet import defer
-from twisted.web import http, static
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from synapse_pypi import index
 from synapse_pypi._context import fire_all
-from synapse_pypi._files import CHUNK, Download, FileService, LocalCache, WantedFile
+from synapse_pypi._errors import HttpError
+from synapse_pypi._files import METADATA_SUFFIX, FileChain, WantedFile
 from synapse_pypi._names import InvalidName, NormalizedName, is_safe_filename, normalize
 from synapse_pypi._negotiate import Format, choose_format
 from synapse_pypi._pages import PageService
+from synapse_pypi._ranges import RangeNotSatisfiable, content_range, parse_range
+from synapse_pypi._responders import RequestConsumer, Responder
+from synapse_pypi._serve_policy import ServePolicy
 from synapse_pypi._upstream import UpstreamError
-from synapse_pypi.trust import Outcome
+
+__all__ = ["HttpError", "SimpleResource", "redirect", "send_error"]
 
 logger = logging.getLogger(__name__)
 
-METADATA_SUFFIX = ".metadata"
-# A download is answered only once it is complete, or this many bytes are in, or this
-# many seconds have passed. Small files (most wheels, every .metadata) are thus verified
-# before the status line is sent, and a failure (a stall included, as long as the
-# upstream timeout is shorter than the wait) is a clean 502/504; a large one starts
-# streaming early, and a failure after that can only abort the connection. The time
-# limit keeps a client's own read timeout (pip: 15 s) from firing on a slow upstream.
-STREAM_AFTER_BYTES = 1024 * 1024
 # Rendered project pages kept in memory.
 RENDERED_PAGES = 512
-STREAM_AFTER_SECONDS = 10.0
-
-
-class HttpError(Exception):
-    """An error for the client: a status and a one-line reason."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+# The request header a reverse proxy sets to say it serves X-Accel-Redirect answers
+# itself (nginx: `proxy_set_header X-Sendfile-Type X-Accel-Redirect;`, as Rack::Sendfile
+# reads it). Without it the file is sent as usual, so a client that reaches the homeserver
+# another way (the federation listener, say) still gets the bytes.
+SENDFILE_TYPE = b"x-accel-redirect"
 
 
 def send_error(request: Any, code: int, reason: str) -> None:
@@ -85,12 +76,15 @@ class SimpleResource(Resource):
 
     Args:
         pages: index pages through the cache.
-        files: file bytes through the cache.
-        cache: the local cache (sizes, in-use marks).
+        files: the read chain of files (cache, storage backends, upstream).
         page_max_age: seconds clients may cache a page (Cache-Control).
         run_in_background: Synapse's `run_in_background`.
         yieldable: Synapse's `make_deferred_yieldable`.
         clock: the reactor, for timers.
+        trust: the trust service (package rooms; pages show the hash it agreed on).
+        policy: decides the hash to serve before every file is served.
+        x_accel_redirect: the reverse proxy's internal location of the cache directory,
+            for offloading cached files (None: the homeserver sends them itself).
     """
 
     isLeaf = True
@@ -98,14 +92,14 @@ class SimpleResource(Resource):
     def __init__(
         self,
         pages: PageService,
-        files: FileService,
-        cache: LocalCache,
+        files: FileChain,
         page_max_age: int,
         run_in_background: Callable[..., Any],
         yieldable: Callable[[Any], Any],
         clock: Any,
         trust: Any = None,
-        attest: Optional[Callable[[str, str, str, int], None]] = None,
+        policy: Optional[ServePolicy] = None,
+        x_accel_redirect: Optional[str] = None,
         gauge: Any = None,
     ):
         super().__init__()
@@ -113,10 +107,10 @@ class SimpleResource(Resource):
         self._gauge = gauge
         self._clock = clock
         self._trust = trust
-        self._attest = attest
+        self._policy = policy
+        self._x_accel_redirect = x_accel_redirect
         self._pages = pages
         self._files = files
-        self._cache = cache
         self._page_max_age = page_max_age
         self._run_in_background = run_in_background
         self._yieldable = yieldable
@@ -239,7 +233,7 @@ class SimpleResource(Resource):
         # Rendering is most of a warm page's cost: keep the bytes until the page, the
         # cache's contents or the trust view change.
         key = (name, fmt, view.offline)
-        stamp = (id(view.page), self._cache.generation, self._trust.project_generation(name) if self._trust else 0)
+        stamp = (id(view.page), self._files.generation, self._trust.project_generation(name) if self._trust else 0)
         hit = self._rendered.get(key)
         if hit is not None and hit[0] == stamp:
             body = hit[1]
@@ -253,11 +247,15 @@ class SimpleResource(Resource):
         self._send_page(request, body, content_type, not view.offline)
 
     async def _servable_page(self, page: index.ProjectPage, offline: bool) -> index.ProjectPage:
-        """The page as we serve it: sizes we know filled in; offline, only the
+        """The page as we serve it: sizes we know filled in; core metadata we extracted
+        from a cached wheel offered where the upstream offers none; offline, only the
         .metadata files we can really serve advertised (PEP 658 says advertise a file
         only where it is served)."""
-        # Only sizes the upstream left out, and offline pages, need to know what is cached.
-        needs_cache = offline or any(f.size is None for f in page.files)
+        # Only sizes and metadata the upstream left out, and offline pages, need to know
+        # what is cached.
+        needs_cache = offline or any(
+            f.size is None or (not f.core_metadata and f.filename.endswith(".whl")) for f in page.files
+        )
         cached = await self._files.cached_files(page.name) if needs_cache else {}
         pt = self._trust.known_rooms.get(page.name) if self._trust is not None else None
         files = []
@@ -272,6 +270,9 @@ class SimpleResource(Resource):
                     changes["size"] = self._trust.attested_details(pt, f.filename, decision.sha256)[0]
             if f.size is None and f.filename in cached:
                 changes["size"] = cached[f.filename][1]
+            own_metadata = cached.get(f.filename + METADATA_SUFFIX)
+            if not f.core_metadata and own_metadata is not None and f.filename.endswith(".whl"):
+                changes["core_metadata"] = {"sha256": own_metadata[0]}
             if offline and f.core_metadata and (f.filename + METADATA_SUFFIX) not in cached:
                 changes["core_metadata"] = False
             files.append(attrs.evolve(f, **changes) if changes else f)
@@ -279,57 +280,79 @@ class SimpleResource(Resource):
 
     async def _file(self, request: Any, name: str, filename: str) -> None:
         view = await self._pages.project(NormalizedName(name))
-        wanted = self._wanted(view.page, name, filename)
-        trusted = self._trust is not None and not filename.endswith(METADATA_SUFFIX)
-        if trusted:
-            wanted, _ = await self._apply_policy(name, filename, wanted, online=not view.offline)
-        sha256 = self._files.cached_sha256(wanted)
-        if trusted and sha256 is not None and self._attest is not None and not self._trust.attested(name, filename, sha256):
-            # A cache hit that our bot has not vouched for (say a moderator redacted ours, or
-            # the file came from a peer): vouch for it, in the Matrix queue.
-            self._attest(name, filename, sha256, self._cache.size_of(sha256) or 0)
-        if sha256 is None and wanted.sha256 is None:
-            # An index that publishes no hash: we know the file by what we stored.
-            sha256 = await self._files.cached_digest_of(name, filename)
-        if sha256 is not None:
-            return self._serve_cached(request, sha256, filename)
-        dl = self._files.download(wanted)
-        deadline = self._clock.seconds() + STREAM_AFTER_SECONDS
-        while not dl.finished and (not dl.responded or dl.written < STREAM_AFTER_BYTES):
-            remaining = deadline - self._clock.seconds()
-            if remaining <= 0 and dl.responded:
-                break
-            await self._yieldable(dl.wait(self._clock, max(remaining, 0.05) if dl.responded else None))
-        if dl.error is not None:
-            raise dl.error
-        if dl.ok and dl.sha256:
-            return self._serve_cached(request, dl.sha256, filename)
-        self._serve_download(request, dl)
+        wanted = await self._wanted(view.page, name, filename)
+        first = False
+        if self._policy is not None and not filename.endswith(METADATA_SUFFIX):
+            served = await self._policy.hash_to_serve(name, filename, wanted.sha256, not view.offline)
+            first = served.first
+            changes: dict = {}
+            if served.sha256 and served.sha256 != wanted.sha256:
+                changes["sha256"] = served.sha256
+            if served.not_from_upstream is not None:
+                # Nothing the losing upstream says of the file holds, its size included.
+                changes.update(url="", size=served.size, not_from_upstream=served.not_from_upstream)
+            if changes:
+                wanted = attrs.evolve(wanted, **changes)
+        responder = await self._files.fetch(wanted, body=request.method != b"HEAD", first=first)
+        with responder:
+            await self._respond(request, responder)
 
-    async def _apply_policy(self, name: str, filename: str, wanted: WantedFile, online: bool) -> tuple:
-        """The serve policy, before every serve (cache hits included): the hash to serve,
-        from the attestations and the upstream; 409 on a conflict nobody can settle. An
-        upstream whose hash lost is never fetched from."""
-        room = await self._trust.view_for_serve(name)
-        decision = self._trust.decide(room, filename, wanted.sha256, online)
-        self._trust.handle_decision(name, room, filename, decision)
-        if decision.outcome is Outcome.CONFLICT:
-            raise HttpError(http.CONFLICT, decision.reason)
-        changes: dict = {}
-        if decision.sha256 and decision.sha256 != wanted.sha256:
-            changes["sha256"] = decision.sha256
-        if decision.upstream_lost is not None:
-            # Nothing the losing upstream says of the file holds: not its size either.
-            changes["size"] = self._trust.attested_details(room, filename, decision.sha256)[0]
-            changes["url"] = ""
-            changes["not_from_upstream"] = (
-                f"the upstream now publishes other bytes for this file (sha256 {decision.upstream_lost}) than the "
-                f"attested sha256 {decision.sha256}, which the cache and the storage backends do not have; "
-                "the upstream's bytes are not served"
-            )
-        return (attrs.evolve(wanted, **changes) if changes else wanted), decision
+    async def _respond(self, request: Any, responder: Responder) -> None:
+        """Status and headers from what the responder knows; then its body."""
+        request.setResponseCode(http.OK)
+        request.setHeader(b"Content-Type", responder.content_type.encode())
+        etag = b'"' + responder.sha256.encode() + b'"' if responder.sha256 else None
+        if responder.verified and etag is not None:
+            request.setHeader(b"Cache-Control", b"max-age=31536000, immutable")
+            request.setHeader(b"X-Checksum-Sha256", etag[1:-1])
+            if request.setETag(etag) is http.CACHED:
+                request.finish()
+                return
+            if responder.mtime is not None and request.setLastModified(responder.mtime) is http.CACHED:
+                request.finish()
+                return
+        elif etag is not None:
+            request.setHeader(b"ETag", etag)
+        first, last, length = 0, None, responder.length
+        if responder.ranges and length is not None:
+            request.setHeader(b"Accept-Ranges", b"bytes")
+            if self._offload(request, responder):
+                return
+            wanted = request.getHeader(b"range")
+            if_range = request.getHeader(b"if-range")
+            # If-Range with another validator (an older ETag, or a date): the whole file.
+            if wanted is not None and (if_range is None or if_range.strip() == etag):
+                try:
+                    span = parse_range(wanted.decode("latin-1"), length)
+                except RangeNotSatisfiable as e:
+                    request.setHeader(b"Content-Range", b"bytes */%d" % length)
+                    raise HttpError(http.REQUESTED_RANGE_NOT_SATISFIABLE, f"range not satisfiable: {e}")
+                if span is not None:
+                    first, last = span
+                    request.setResponseCode(http.PARTIAL_CONTENT)
+                    request.setHeader(b"Content-Range", content_range(first, last, length).encode())
+                    length = last - first + 1
+        if length is not None:
+            request.setHeader(b"Content-Length", str(length).encode())
+        if request.method == b"HEAD":
+            request.finish()
+            return
+        await self._yieldable(responder.write_to(RequestConsumer(request), first, last))
 
-    def _wanted(self, page: index.ProjectPage, name: str, filename: str) -> WantedFile:
+    def _offload(self, request: Any, responder: Responder) -> bool:
+        """Leave a cached file to the reverse proxy (X-Accel-Redirect), where it said it can."""
+        if self._x_accel_redirect is None or responder.cache_path is None:
+            return False
+        said = request.getHeader(b"x-sendfile-type")
+        if said is None or said.strip().lower() != SENDFILE_TYPE:
+            return False
+        location = self._x_accel_redirect + quote(responder.cache_path)
+        request.setHeader(b"X-Accel-Redirect", location.encode())
+        request.setHeader(b"Content-Length", b"0")
+        request.finish()
+        return True
+
+    async def _wanted(self, page: index.ProjectPage, name: str, filename: str) -> WantedFile:
         dist = page.file(filename)
         if dist is not None:
             return WantedFile(name, filename, dist.url, dist.hashes.get("sha256"), dist.size)
@@ -339,143 +362,10 @@ class SimpleResource(Resource):
                 hashes = dist.core_metadata if isinstance(dist.core_metadata, dict) else {}
                 sha = hashes.get("sha256") if hasattr(hashes, "get") else None
                 return WantedFile(name, filename, dist.url + METADATA_SUFFIX, sha, None)
+            if dist is not None:
+                # The upstream offers none: the one we extracted from the cached wheel.
+                own = await self._files.cached_digest_of(name, filename)
+                if own is not None:
+                    return WantedFile(name, filename, "", own, None)
             raise HttpError(http.NOT_FOUND, f"{filename}: the index offers no metadata file for it")
         raise HttpError(http.NOT_FOUND, f"{filename}: no such file in project {name}")
-
-    def _serve_cached(self, request: Any, sha256: str, filename: str) -> None:
-        self._cache.acquire(sha256)
-        request.notifyFinish().addBoth(lambda _: self._cache.release(sha256))
-        request.setHeader(b"Cache-Control", b"max-age=31536000, immutable")
-        request.setHeader(b"X-Checksum-Sha256", sha256.encode())
-        if request.setETag(b'"' + sha256.encode() + b'"') is http.CACHED:
-            request.finish()
-            return
-        resource = static.File(self._cache.blob_path(sha256), defaultType="application/octet-stream")
-        resource.type = _content_type(filename)  # type: ignore[assignment]  # Twisted's stub says None
-        resource.encoding = None
-        body = resource.render(request)
-        if body is not NOT_DONE_YET:
-            request.write(body)
-            request.finish()
-
-    def _serve_download(self, request: Any, dl: Download) -> None:
-        request.setResponseCode(http.OK)
-        request.setHeader(b"Content-Type", _content_type(dl.wanted.filename).encode())
-        if dl.length is not None:
-            request.setHeader(b"Content-Length", str(dl.length).encode())
-        if dl.wanted.sha256:
-            request.setHeader(b"ETag", b'"' + dl.wanted.sha256.encode() + b'"')
-        if request.method == b"HEAD":
-            request.finish()
-            return
-        try:
-            fd = os.open(dl.partial, os.O_RDONLY)
-        except FileNotFoundError:
-            # Committed (or failed) between our checks: the cache has it, or nobody does.
-            if dl.ok and dl.sha256:
-                fd = os.open(self._cache.blob_path(dl.sha256), os.O_RDONLY)
-            else:
-                raise dl.error or HttpError(http.BAD_GATEWAY, "download failed")
-        _TailProducer(request, dl, fd).start()
-
-
-def _content_type(filename: str) -> str:
-    if filename.endswith(METADATA_SUFFIX):
-        return "text/plain; charset=utf-8"
-    if filename.endswith((".whl", ".zip", ".egg")):
-        return "application/zip"
-    if filename.endswith((".tar.gz", ".tgz")):
-        return "application/x-tar"  # with gzip "encoding" in the file name, not the transfer
-    return "application/octet-stream"
-
-
-class _TailProducer:
-    """Streams a file that is still being downloaded, following the writer.
-
-    A push producer: it writes while the client keeps up, stops when the transport
-    pauses it, waits on the download when it has caught up with the writer, and aborts
-    the connection if the download fails, so the client never mistakes a cut-off body
-    for a whole one.
-    """
-
-    def __init__(self, request: Any, dl: Download, fd: int):
-        self._request = request
-        self._dl = dl
-        self._fd = fd
-        self._pos = 0
-        self._attempt = dl.attempt
-        self._paused = False
-        self._done = False
-        self._pumping = False
-        self._waiting = False
-
-    def start(self) -> None:
-        self._request.registerProducer(self, True)
-        self._pump()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if not self._done:
-            self._done = True
-            os.close(self._fd)
-
-    def _on_progress(self, _: Any) -> None:
-        self._waiting = False
-        self._pump()
-
-    def _pump(self) -> None:
-        if self._pumping or self._done:
-            return
-        self._pumping = True
-        try:
-            while not self._paused and not self._done:
-                if self._dl.attempt != self._attempt:
-                    if self._pos:
-                        # The source we were relaying turned out bad; the bytes sent are
-                        # not the file's. Cut the client off rather than splice sources.
-                        self._finish(False)
-                        return
-                    self._attempt = self._dl.attempt
-                limit = self._dl.readable()
-                if self._pos < limit:
-                    data = os.pread(self._fd, min(CHUNK, limit - self._pos), self._pos)
-                    if not data:
-                        raise OSError("partial file shorter than written")
-                    self._pos += len(data)
-                    self._request.write(data)
-                    continue
-                if self._dl.finished:
-                    self._finish(self._dl.ok and self._pos == self._dl.written)
-                    return
-                if not self._waiting:
-                    self._waiting = True
-                    self._dl.wait().addCallback(self._on_progress)
-                return
-        except Exception:
-            logger.exception("streaming %s failed", self._dl.wanted.filename)
-            self._finish(False)
-        finally:
-            self._pumping = False
-
-    def _finish(self, complete: bool) -> None:
-        self._close()
-        request = self._request
-        request.unregisterProducer()
-        if getattr(request, "_disconnected", False) or request.finished:
-            return
-        if complete:
-            request.finish()
-        else:
-            logger.warning(
-                "aborting response for %s after %d bytes: %s", self._dl.wanted.filename, self._pos, self._dl.error
-            )
-            request.transport.abortConnection()

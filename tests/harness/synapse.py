@@ -15,7 +15,6 @@ import hmac
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from .processes import stop_process
 from .upstream import http_request
 
 __all__ = [
@@ -370,14 +370,7 @@ class SynapseServer:
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM our own process, wait, SIGKILL it if it does not exit."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        stop_process(proc, timeout)
 
     def restart(self, timeout: float = 60) -> SynapseServer:
         self.stop()

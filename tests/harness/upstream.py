@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .processes import stop_process
+
 __all__ = ["UpstreamServer", "http_request"]
 
 SCRIPT = Path(__file__).with_name("upstream_server.py")
@@ -128,14 +130,7 @@ class UpstreamServer:
     def stop(self, timeout: float = 10) -> None:
         """Terminate our own process (by its PID) and wait for it."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        stop_process(proc, timeout)
 
     def __enter__(self) -> UpstreamServer:
         return self.start()

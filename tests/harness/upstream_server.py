@@ -31,7 +31,8 @@ apply to the next N requests only)} plus per-kind fields:
     status      "status": 500            answer with that status and a short body
     timeout     "stage": "before"|"headers"|"body"   hang at that point until clear-faults or stop
     reset       "stage": "before"|"headers"|"body"   abort the TCP connection (RST) at that point
-    truncate    "bytes": N (default half) announce the full Content-Length, send N bytes, close
+    truncate    "bytes": N (default half) announce the full Content-Length, send N bytes, close;
+                "rate" (optional) paces the body as for slow
     malformed   "body_b64": optional       200 with a garbage body in the negotiated type
     wrong-bytes                            same length, different bytes (every byte XOR 0x5A)
     slow        "rate": bytes per second   throttle the body
@@ -616,7 +617,7 @@ class Handler(BaseHTTPRequestHandler):
         elif kind in ("timeout", "reset") and stage == "body":
             limit = length // 2
         transform: Callable[[bytes], bytes] = _xor if kind == "wrong-bytes" else (lambda b: b)
-        rate = float(fault["rate"]) if kind == "slow" else 0.0  # type: ignore[index]
+        rate = float(fault["rate"]) if kind in ("slow", "truncate") and fault.get("rate") else 0.0  # type: ignore[index,union-attr]
 
         sent = 0
         start = time.monotonic()

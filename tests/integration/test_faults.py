@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 from harness.dists import build_wheel, project_dir, sha256_file
+from harness.logcheck import file_path_trouble
 from harness.matrix import poll
 from harness.mirror import populate
+from harness.upstream import http_request
 
 pytestmark = pytest.mark.synapse
 
@@ -193,3 +199,152 @@ def test_after_the_retry_interval_the_upstream_is_asked_again(synapse_factory, u
 
     poll(asked_again, what="the upstream asked again after the interval")
     poll(lambda: "upstream reachable again" in hs.log_text(), what="back online logged")
+
+
+# -- a disk that really fills up -----------------------------------------------------------------
+
+DISK_MB = 24
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs mounted for this test (the tests run as root) and removed after it.
+
+    Requested before synapse_factory, so it is torn down after the homeserver has stopped."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0755", "tmpfs", str(mount)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs for the disk-full test (needs root): {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+
+
+def _fill(path: Path, leave: int) -> None:
+    """Write `path` until at most `leave` bytes are free on its filesystem (really writing:
+    tmpfs allocates on write)."""
+    st = os.statvfs(path.parent)
+    room = st.f_bavail * st.f_frsize - leave
+    chunk = b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as f:
+        while room > 0:
+            try:
+                room -= f.write(chunk[: min(len(chunk), room)])
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                return  # someone else's writes took the rest: full is what we wanted
+
+
+def _partials(hs) -> list:
+    return list((hs.data_directory / "cache" / "partial").iterdir())
+
+
+def test_a_full_disk_streams_through_uncached_and_caching_resumes(small_disk, synapse_factory, upstream_factory,
+                                                                  dists_dir):  # fmt: skip
+    first = build_wheel(project_dir(dists_dir, "disky"), "disky", "1.0", payload_size=3_000_000)
+    big = build_wheel(project_dir(dists_dir, "disky"), "disky", "2.0", payload_size=30_000_000)
+    second = build_wheel(project_dir(dists_dir, "disky"), "disky", "3.0", payload_size=5_000_000)
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url, "data_directory": str(small_disk / "pypi"),
+                                        "min_free_space": "1M"})  # fmt: skip
+    url = f"{hs.url}/simple/disky/"
+    assert http_request(url)[0] == 200
+    status, _, body = http_request(url + first.name, timeout=60)
+    assert status == 200 and body == first.read_bytes()
+    assert hs.data_directory.joinpath("cache").exists()
+    first_blob = hs.data_directory / "cache" / "sha256" / sha256_file(first)[:2]
+    assert first_blob.exists()
+
+    # Larger than the whole disk: streamed through, verified, not cached; what is cached stays.
+    status, headers, body = http_request(url + big.name, timeout=120)
+    assert status == 200 and body == big.read_bytes()
+    assert headers["content-length"] == str(big.stat().st_size)
+    assert _partials(hs) == [] and first_blob.exists()
+    assert "disk full in" in hs.log_text() and "streamed through without caching" in hs.log_text()
+
+    # Someone else fills the disk: a file that would fit an empty disk streams through too,
+    # since nothing we may evict makes room for it.
+    ballast = small_disk / "ballast"
+    _fill(ballast, leave=512 * 1024)
+    status, _, body = http_request(url + second.name, timeout=60)
+    assert status == 200 and body == second.read_bytes()
+    assert _partials(hs) == []
+    assert upstream.hit_count(upstream.file_path("disky", second.name)) == 1
+
+    # Room again: the next request caches the file, without any restart.
+    ballast.unlink()
+    status, _, body = http_request(url + second.name, timeout=60)
+    assert status == 200 and body == second.read_bytes()
+    sha = sha256_file(second)
+    assert (hs.data_directory / "cache" / "sha256" / sha[:2] / sha[2:4] / sha).exists()
+    assert "disk space is back" in hs.log_text()
+    assert "Traceback" not in hs.log_text()
+    assert file_path_trouble(hs.log_text()) == []
+
+
+def test_the_disk_filling_up_during_a_download_cuts_it_off_and_keeps_nothing(small_disk, synapse_factory,
+                                                                             upstream_factory, dists_dir):  # fmt: skip
+    import http.client
+
+    wheel = build_wheel(project_dir(dists_dir, "filling"), "filling", "1.0", payload_size=8_000_000)
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url, "data_directory": str(small_disk / "pypi"),
+                                        "min_free_space": "1M"})  # fmt: skip
+    assert http_request(f"{hs.url}/simple/filling/")[0] == 200
+    upstream_path = upstream.file_path("filling", wheel.name)
+    upstream.fault(upstream_path, "slow", rate=2_000_000)
+    conn = http.client.HTTPConnection("127.0.0.1", hs.port, timeout=60)
+    try:
+        conn.request("GET", f"/simple/filling/{wheel.name}")
+        resp = conn.getresponse()
+        assert resp.status == 200  # answered after its first MiB, streaming
+        got = resp.read(100_000)
+        _fill(small_disk / "ballast", leave=0)  # the disk is now full: the next write fails
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):  # cut off, never whole
+            got += resp.read()
+        assert len(got) < wheel.stat().st_size
+    finally:
+        conn.close()
+    poll(lambda: "the disk filled up while caching it" in hs.log_text(), what="the failure logged")
+    poll(lambda: _partials(hs) == [], what="the partial file removed")
+    upstream.clear_faults()
+    # Still full: the next request is streamed through; then, with room, cached.
+    status, _, body = http_request(f"{hs.url}/simple/filling/{wheel.name}", timeout=60)
+    assert status == 200 and body == wheel.read_bytes()
+    (small_disk / "ballast").unlink()
+    status, _, body = http_request(f"{hs.url}/simple/filling/{wheel.name}", timeout=60)
+    assert status == 200 and body == wheel.read_bytes()
+    sha = sha256_file(wheel)
+    assert (hs.data_directory / "cache" / "sha256" / sha[:2] / sha[2:4] / sha).stat().st_size == wheel.stat().st_size
+    assert "Traceback" not in hs.log_text()
+    assert file_path_trouble(hs.log_text()) == []
+
+
+def test_a_full_disk_and_only_a_backend_to_fetch_from_is_507(small_disk, synapse_factory, dists_dir, tmp_path):
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    wheel = build_wheel(project_dir(dists_dir, "onlyipfs"), "onlyipfs", "1.0", payload_size=2_000_000)
+    (blobs / "cid1").write_bytes(wheel.read_bytes())
+    (tmp_path / "gate").touch()
+    backend = {"module": "gated_storage.GatedStorage", "config": {"path": str(blobs), "gate": str(tmp_path / "gate")}}
+    backends_dir = Path(__file__).resolve().parents[1] / "backends"
+    hs = synapse_factory(module_config={"data_directory": str(small_disk / "pypi"), "min_free_space": "1M",
+                                        "storage_providers": [backend]},
+                         python_path=[backends_dir])  # fmt: skip
+    token = hs.register_user("admin", admin=True)[1]
+    body = {"project": "onlyipfs", "filename": wheel.name, "sha256": sha256_file(wheel),
+            "size": wheel.stat().st_size, "cid": "cid1"}  # fmt: skip
+    assert hs.request("POST", "/_synapse/pypi/v1/known_files", token=token, json_body=body)[0] == 200
+    _fill(small_disk / "ballast", leave=256 * 1024)
+    status, _, body = hs.request("GET", f"/simple/onlyipfs/{wheel.name}", timeout=60)
+    assert status == 507
+    assert "no disk space to fetch it from a storage backend" in _one_line(body)
+    (small_disk / "ballast").unlink()
+    status, _, body = hs.request("GET", f"/simple/onlyipfs/{wheel.name}", timeout=60)
+    assert status == 200 and body == wheel.read_bytes()

@@ -39,6 +39,16 @@ def test_defaults():
     assert got.upstream_retry_ms == 10_000
     assert got.max_cache_size == 10 * 1024**3
     assert got.max_page_size == 64 * 1024**2
+    assert got.min_free_space == 100 * 1024**2
+    assert got.x_accel_redirect is None
+
+
+def test_disk_and_offload_options():
+    got = parse_config({**BASE, "min_free_space": "1G", "x_accel_redirect": "/_synapse_pypi_cache"})
+    assert got.min_free_space == 1024**3
+    # The location always ends in "/": the blob's relative path is appended to it.
+    assert got.x_accel_redirect == "/_synapse_pypi_cache/"
+    assert parse_config({**BASE, "x_accel_redirect": None}).x_accel_redirect is None
 
 
 def test_trust_and_queue_options():
@@ -75,6 +85,12 @@ def test_config_is_frozen():
         ({"max_cache_size": "lots"}, "max_cache_size", "size"),
         ({"max_cache_size": -5}, "max_cache_size", "negative"),
         ({"max_page_size": "12"}, "max_page_size", "at least 1K"),
+        ({"min_free_space": "plenty"}, "min_free_space", "size"),
+        ({"min_free_space": -1}, "min_free_space", "negative"),
+        ({"x_accel_redirect": "_cache/"}, "x_accel_redirect", "internal location"),
+        ({"x_accel_redirect": "/a b/"}, "x_accel_redirect", "internal location"),
+        ({"x_accel_redirect": "/x/../etc/"}, "x_accel_redirect", "internal location"),
+        ({"x_accel_redirect": 5}, "x_accel_redirect", "internal location"),
         ({"colour": "blue"}, "colour", "try one of"),
         ({"corroboration": 0}, "corroboration", "from 1 to 100"),
         ({"corroboration": "two"}, "corroboration", "whole number"),
