@@ -693,28 +693,33 @@ class FileChain:
             # check, and a bad copy cuts off whoever was being sent it.
             dl.expose()
 
+        timed_out: List[float] = []
+
+        def on_timeout(result: Any, after: float) -> Any:
+            timed_out.append(after)  # a backend may report the cancellation as its own error
+            return result
+
         try:
             fetching = self._run_in_background(backend.fetch, wanted.sha256, reference, on_data, max_size=limit)
             if timeout is not None:
-                fetching.addTimeout(timeout, self._clock)
+                fetching.addTimeout(timeout, self._clock, onTimeoutCancel=on_timeout)
             await self._yieldable(fetching)
             got, size = await partial.finish()
         except DiskFull:
             raise
-        except defer.TimeoutError:
-            logger.warning("%s: %s gave nothing usable for %s within the time left for others' CIDs",
-                           wanted.filename, backend.describe(), reference)
-            return None
-        except (StorageError, TooLarge, StopTransfer) as e:
+        except Exception as e:
             if partial.error is not None:
                 raise partial.error
-            logger.warning("%s: %s could not give %s: %s", wanted.filename, backend.describe(), reference, e)
-            return None
-        except Exception:
-            if partial.error is not None:
-                raise partial.error
-            # Someone else's backend failing in its own way: the next source still gets its turn.
-            logger.exception("%s: %s failed fetching %s", wanted.filename, backend.describe(), reference)
+            if timed_out:
+                logger.warning(
+                    "%s: %s gave nothing usable for %s within the time left for others' CIDs (%gs)",
+                    wanted.filename, backend.describe(), reference, timed_out[0],
+                )
+            elif isinstance(e, (StorageError, TooLarge, StopTransfer)):
+                logger.warning("%s: %s could not give %s: %s", wanted.filename, backend.describe(), reference, e)
+            else:
+                # Someone else's backend failing in its own way: the next source still gets its turn.
+                logger.exception("%s: %s failed fetching %s", wanted.filename, backend.describe(), reference)
             return None
         if got != wanted.sha256 or (wanted.size is not None and size != wanted.size):
             logger.error(

@@ -348,3 +348,80 @@ def test_backend_bytes_stream_before_verification_and_a_bad_copy_is_cut_off(
     status, _, body = get_file(hs, "gated", bad.name)
     assert status == 200 and body == bad.read_bytes()
     assert upstream.hit_count(upstream.file_path("gated", bad.name)) == 1
+
+
+def _unheld_cid() -> str:
+    """A well-formed CIDv1 (raw, sha2-256) of bytes nobody has."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(os.urandom(32)).digest()
+    return "b" + base64.b32encode(bytes([0x01, 0x55, 0x12, 0x20]) + digest).decode().lower().rstrip("=")
+
+
+def test_cid_hints_are_bounded_and_never_attested(synapse_factory, upstream_factory, kubo_factory, dists_dir):
+    """Issue 10, point 8: a CID learnt from someone else's attestation is a hint, tried within
+    cid_hint_timeout and never ahead of a reachable upstream for longer; the bot attests only
+    the CID its own node computed; a redacted attestation's CID is forgotten."""
+    from harness.matrix import Client, join_when_ready
+    from harness.synapse import free_port
+
+    from synapse_pypi.trust import (
+        ATTESTATION_TYPE,
+        KEY_TYPE,
+        build_content,
+        generate_key,
+        key_id,
+        state_key_for,
+        verify_key_base64,
+    )
+
+    path = build_wheel(project_dir(dists_dir, "hinted"), "hinted", "1.0", payload_size=40_000)
+    sha = sha256_file(path)
+    upstream = upstream_factory()
+    node = kubo_factory("node", extra_args=("--default-timeout", "60"))
+    port = free_port()
+    hs = synapse_factory(port=port, module_config={
+        "upstream_url": upstream.url, "storage_providers": [kubo_provider(node)], "cid_hint_timeout": "1s",
+        "publishers": [f"@pub:localhost:{port}"], "moderators": [f"@mod:localhost:{port}"],
+    })
+    admin = Client.register(hs, "admin", admin=True)
+    publisher, moderator = Client.register(hs, "pub"), Client.register(hs, "mod")
+    admin.call("POST", "/_synapse/pypi/v1/projects/hinted/room", {})
+    room = join_when_ready(admin, f"#pypi-hinted:{hs.server_name}")
+    publisher.join(room)
+    moderator.join(room)
+    key = generate_key()
+    publisher.send_state(room, KEY_TYPE, publisher.user_id, {"keys": {key_id(key): verify_key_base64(key)}})
+    bogus = _unheld_cid()
+    content = build_content(project="hinted", version="1.0", filename=path.name, size=path.stat().st_size,
+                            sha256=sha, cid=bogus, upstream_url=None, requires_python=None, timestamp=1,
+                            publisher=publisher.user_id, signing_key=key)
+    event_id = publisher.send_state(room, ATTESTATION_TYPE, state_key_for(path.name, publisher.user_id), content)
+    status_path = f"/_synapse/pypi/v1/projects/hinted/files/{path.name}"
+    poll(lambda: any(a["publisher"] == publisher.user_id and a["verdict"] == "valid" and a["cid"] == bogus
+                     for a in admin.call("GET", status_path)["attestations"]), what="the publisher's claim")
+
+    # The publisher's CID is tried first (the upstream agrees on the hash), the node waits for
+    # blocks nobody has, and the hint deadline hands the request to the upstream.
+    status, _, body = get_file(hs, "hinted", path.name)
+    assert status == 200 and body == path.read_bytes()
+    assert "within the time left for others' CIDs" in hs.log_text()
+    assert upstream.hit_count(upstream.file_path("hinted", path.name)) == 1
+
+    # The bot attests its own node's CID, not the publisher's.
+    def bot_cid() -> str | None:
+        for a in admin.call("GET", status_path)["attestations"]:
+            if a["publisher"] == f"@pypi-bot:{hs.server_name}" and a["verdict"] == "valid":
+                return a["cid"]
+        return None
+
+    own = poll(bot_cid, what="the bot's attestation with its node's CID")
+    assert own != bogus
+    token = admin.token
+    assert bogus not in file_status(hs, token, sha)["references"].values()  # hints are never stored
+
+    # Redacted, the publisher's CID is no hint any more.
+    moderator.redact(room, event_id, "bogus CID")
+    poll(lambda: all(a["cid"] != bogus for a in admin.call("GET", status_path)["attestations"]),
+         what="the redacted CID forgotten")

@@ -244,7 +244,7 @@ class Chain:
             self.store,
             self.upstream,
             run_background=self._run_background,
-            run_in_background=lambda fn, *a: defer.ensureDeferred(fn(*a)),
+            run_in_background=lambda fn, *a, **kw: defer.ensureDeferred(fn(*a, **kw)),
             defer_to_thread=self.threads,
             yieldable=lambda d: d,
             clock=self.clock,
