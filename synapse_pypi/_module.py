@@ -13,7 +13,7 @@ from synapse_pypi._backends import Backends
 from synapse_pypi._config import PyPIConfig, parse_config
 from synapse_pypi._files import FileService, LocalCache
 from synapse_pypi._names import NormalizedName
-from synapse_pypi._pages import PageService
+from synapse_pypi._pages import PageBudget, PageService
 from synapse_pypi._store import Store
 from synapse_pypi._trust_service import TrustService
 from synapse_pypi._upstream import UpstreamClient
@@ -67,6 +67,7 @@ class PyPIModule:
             fallback=self._page_without_upstream,
             defer_to_thread=api.defer_to_thread,
             retry_ms=config.upstream_retry_ms,
+            budget=PageBudget(config.page_cache_size),
         )
         self._files = FileService(
             self._cache, self._store, self._upstream, api.run_as_background_process, self._backends
@@ -94,6 +95,7 @@ class PyPIModule:
             clock=reactor,
             trust=self._trust,
             attest=self._attest_in_background,
+            defer_to_thread=api.defer_to_thread,
         )
         # Requests that arrive before start-up finished wait for it.
         self._simple.gate_on(api.run_as_background_process("synapse_pypi_start", self._start))

@@ -56,6 +56,10 @@ class UpstreamBadResponse(UpstreamError):
     """A status we cannot use, a reset, a truncated or over-long body."""
 
 
+class UpstreamTooLarge(UpstreamBadResponse):
+    """A body larger than we accept (a page over max_page_size, a file over its size)."""
+
+
 class UpstreamUnreachable(UpstreamError):
     """Could not connect at all: the upstream is down (serve from cache if we can)."""
 
@@ -130,7 +134,7 @@ class _BodyReader(Protocol):
             return
         self.received += len(data)
         if self.max_size is not None and self.received > self.max_size:
-            self._fail(UpstreamBadResponse(self.url, f"body larger than {self.max_size} bytes"))
+            self._fail(UpstreamTooLarge(self.url, f"body larger than {self.max_size} bytes"))
             return
         self._arm()
         try:

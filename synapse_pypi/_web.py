@@ -18,11 +18,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from synapse_pypi import index
-from synapse_pypi._context import fire_all
+from synapse_pypi._context import SingleFlight, fire_all
 from synapse_pypi._files import CHUNK, Download, FileService, LocalCache, WantedFile
 from synapse_pypi._names import InvalidName, NormalizedName, is_safe_filename, normalize
 from synapse_pypi._negotiate import Format, choose_format
-from synapse_pypi._pages import PageService
+from synapse_pypi._pages import PageBudget, PageService
 from synapse_pypi._upstream import UpstreamError
 from synapse_pypi.trust import Outcome
 
@@ -36,9 +36,10 @@ METADATA_SUFFIX = ".metadata"
 # streaming early, and a failure after that can only abort the connection. The time
 # limit keeps a client's own read timeout (pip: 15 s) from firing on a slow upstream.
 STREAM_AFTER_BYTES = 1024 * 1024
-# Rendered project pages kept in memory.
-RENDERED_PAGES = 512
 STREAM_AFTER_SECONDS = 10.0
+# Pages of more files (or a root of more names) than this are rendered in a thread: the
+# first JSON render of a 200,000-file page took 2.8 s on the reactor.
+THREAD_RENDER_ITEMS = 2000
 
 
 class HttpError(Exception):
@@ -106,8 +107,14 @@ class SimpleResource(Resource):
         clock: Any,
         trust: Any = None,
         attest: Optional[Callable[[str, str, str, int], None]] = None,
+        defer_to_thread: Optional[Callable[..., Any]] = None,
+        budget: Optional[PageBudget] = None,
     ):
         super().__init__()
+        self._defer_to_thread = defer_to_thread
+        # Rendered pages share the parsed pages' budget (page_cache_size).
+        self._budget = budget if budget is not None else pages.budget
+        self._renders = SingleFlight(yieldable)
         self._clock = clock
         self._trust = trust
         self._attest = attest
@@ -119,7 +126,6 @@ class SimpleResource(Resource):
         self._yieldable = yieldable
         self._ready = True
         self._ready_waiters: List[defer.Deferred[None]] = []
-        self._rendered: dict = {}
 
     def gate_on(self, started: "defer.Deferred[Any]") -> None:
         """Hold requests until `started` fires (the module's start-up work)."""
@@ -201,26 +207,61 @@ class SimpleResource(Resource):
             )
         return chosen
 
-    def _send_page(self, request: Any, body: bytes, content_type: str, cacheable: bool) -> None:
-        etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
+    def _send_page(self, request: Any, page: "_Rendered", content_type: str, cacheable: bool) -> None:
         request.setHeader(b"Content-Type", content_type.encode())
         if cacheable:
             request.setHeader(b"Cache-Control", b"max-age=%d, public" % self._page_max_age)
         else:
             request.setHeader(b"Cache-Control", b"no-cache")
-        if request.setETag(etag) is http.CACHED:
+        if page.serial is not None:
+            # PyPI's header, for mirrors of this mirror (bandersnatch reads it).
+            request.setHeader(b"X-PyPI-Last-Serial", b"%d" % page.serial)
+        # The bytes and their ETag were made once: a 304 or a HEAD costs no rendering.
+        if request.setETag(page.etag) is http.CACHED:
             request.finish()
             return
-        request.setHeader(b"Content-Length", str(len(body)).encode())
+        request.setHeader(b"Content-Length", b"%d" % len(page.body))
         if request.method != b"HEAD":
-            request.write(body)
+            request.write(page.body)
         request.finish()
 
     async def _root(self, request: Any) -> None:
         fmt, content_type = self._negotiate(request)
-        names, offline = await self._pages.root()
+        view = await self._pages.root()
+        # Built once per upstream change: the key holds the root list the bytes came from.
+        key = ("rendered", "", fmt, view.offline)
         render = index.render_root_json if fmt is Format.JSON_V1 else index.render_root_html
-        self._send_page(request, render(names), content_type, not offline)
+        rendered = await self._rendered(
+            key, view.root, len(view.root.names), lambda: render(view.root.names, view.root.last_serial),
+            view.root.last_serial,
+        )
+        self._send_page(request, rendered, content_type, not view.offline)
+
+    async def _rendered(
+        self, key: tuple, source: Any, items: int, render: Callable[[], bytes], serial: Optional[int]
+    ) -> "_Rendered":
+        """The rendered bytes kept under `key` if they were made from `source`, else
+        rendered now (once for all concurrent requests; in a thread when big)."""
+        hit = self._budget.get(key)
+        if hit is not None and (hit.source is source or hit.source == source):
+            return hit
+
+        async def make() -> _Rendered:
+            again = self._budget.get(key)
+            if again is not None and (again.source is source or again.source == source):
+                return again
+            if self._defer_to_thread is not None and items > THREAD_RENDER_ITEMS:
+                body = await self._defer_to_thread(render)
+            else:
+                body = render()
+            rendered = _Rendered(source, body, _etag(body), serial)
+            if key[1] == "":
+                # Once per upstream change and format: say so (the tests count it).
+                logger.info("rendered the root list as %s: %d names, %d bytes", key[2].name, items, len(body))
+            self._budget.put(key, rendered, len(body))
+            return rendered
+
+        return await self._renders.run(key, make)
 
     async def _project(self, request: Any, name: str) -> None:
         fmt, content_type = self._negotiate(request)
@@ -230,25 +271,28 @@ class SimpleResource(Resource):
             # The first time a project is cached: its room is made in the background.
             self._run_in_background(self._ensure_room, name)
         # Rendering is most of a warm page's cost: keep the bytes until the page, the
-        # cache's contents or the trust view change.
-        key = (name, fmt, view.offline)
-        stamp = (id(view.page), self._cache.generation, self._trust.generation if self._trust else 0)
-        hit = self._rendered.get(key)
-        if hit is not None and hit[0] == stamp:
-            body = hit[1]
+        # cache's contents or the trust view change. The stamp holds the page itself,
+        # so that it stays the page it was made from.
+        key = ("rendered", name, fmt, view.offline)
+        stamp = _Stamp(view.page, self._cache.generation, self._trust.generation if self._trust else 0)
+        render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
+        hit = self._budget.get(key)
+        if hit is not None and hit.source == stamp:
+            rendered = hit
         else:
             page = await self._servable_page(view.page, view.offline)
-            render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
-            body = render(page, lambda f: quote(f.filename))
-            self._rendered[key] = (stamp, body, view.page)  # the page is held so its id stays unique
-            while len(self._rendered) > RENDERED_PAGES:
-                self._rendered.pop(next(iter(self._rendered)))
-        self._send_page(request, body, content_type, not view.offline)
+            rendered = await self._rendered(
+                key, stamp, len(page.files), lambda: render(page, _relative), page.last_serial
+            )
+        self._send_page(request, rendered, content_type, not view.offline)
 
     async def _servable_page(self, page: index.ProjectPage, offline: bool) -> index.ProjectPage:
         """The page as we serve it: sizes we know filled in; offline, only the
         .metadata files we can really serve advertised (PEP 658 says advertise a file
         only where it is served)."""
+        if page.quarantined:
+            # PEP 792: nothing is offered (the renderers list no file either).
+            return attrs.evolve(page, files=())
         # Only sizes the upstream left out, and offline pages, need to know what is cached.
         needs_cache = offline or any(f.size is None for f in page.files)
         cached = await self._files.cached_files(page.name) if needs_cache else {}
@@ -367,6 +411,44 @@ class SimpleResource(Resource):
             else:
                 raise dl.error or HttpError(http.BAD_GATEWAY, "download failed")
         _TailProducer(request, dl, fd).start()
+
+
+def _relative(f: index.DistFile) -> str:
+    # Relative to /simple/<project>/, so that a reverse proxy in front changes nothing.
+    return quote(f.filename)
+
+
+def _etag(body: bytes) -> bytes:
+    return b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
+
+
+@attrs.frozen(eq=False)
+class _Stamp:
+    """What a rendered project page was made from; equal when all of it is the same."""
+
+    page: index.ProjectPage
+    cache_generation: int
+    trust_generation: int
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Stamp)
+            and other.page is self.page
+            and (other.cache_generation, other.trust_generation) == (self.cache_generation, self.trust_generation)
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.page), self.cache_generation, self.trust_generation))
+
+
+@attrs.frozen(eq=False)
+class _Rendered:
+    """A page's bytes as sent, with their ETag, and what they were rendered from."""
+
+    source: Any
+    body: bytes
+    etag: bytes
+    serial: Optional[int]
 
 
 def _content_type(filename: str) -> str:
