@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 
 import pytest
-from harness.dists import read_wheel_metadata, sha256_file, wheel_filename
+from harness.clients import describe, installed_version, make_venv, pip_install, uv_install
+from harness.dists import build_wheel, project_dir, read_wheel_metadata, sha256_file, wheel_filename
 
 pytestmark = pytest.mark.synapse
 
@@ -145,3 +147,131 @@ def test_page_etag_gives_304(mirror):
     etag = headers["etag"]
     status, _, body = mirror.get("/simple/beta/", {"If-None-Match": etag})
     assert status == 304 and body == b""
+
+
+# --- honest pages --------------------------------------------------------------------------
+
+
+def _json(hs, path):
+    status, headers, body = hs.request("GET", path, headers={"Accept": JSON_V1})
+    assert status == 200, body
+    return headers, json.loads(body)
+
+
+def test_api_version_follows_the_sizes_the_mirror_knows(upstream_factory, synapse_factory, dists_dir):
+    # An HTML upstream gives no sizes: JSON pages cannot claim 1.1 (PEP 700 makes size
+    # mandatory) until the mirror knows every file's size from its cache.
+    whl = build_wheel(project_dir(dists_dir, "sizes"), "sizes", "1.0")
+    upstream = upstream_factory(formats=("html",))
+    hs = synapse_factory(module_config={"upstream_url": upstream.url})
+    _, page = _json(hs, "/simple/sizes/")
+    assert page["meta"]["api-version"] == "1.0"
+    assert "size" not in page["files"][0]
+    status, _, body = hs.request("GET", f"/simple/sizes/{whl.name}")
+    assert status == 200 and body == whl.read_bytes()
+    _, page = _json(hs, "/simple/sizes/")
+    assert page["meta"]["api-version"] == "1.1"
+    assert page["files"][0]["size"] == whl.stat().st_size
+
+
+def test_serial_is_passed_through_and_never_goes_back(upstream_factory, synapse_factory, dists_dir):
+    pdir = project_dir(dists_dir, "serial")
+    build_wheel(pdir, "serial", "1.0")
+    (pdir / ".serial").write_text("10")
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url, "page_ttl": 0})
+    headers, page = _json(hs, "/simple/serial/")
+    assert page["meta"]["_last-serial"] == 10 and headers["x-pypi-last-serial"] == "10"
+    status, _, html = hs.request("GET", "/simple/serial/")
+    assert status == 200 and b"<!--SERIAL 10-->" in html
+
+    # A replayed (or stale-cached) page: an older serial, with a file the real one lacks.
+    build_wheel(pdir, "serial", "0.9")
+    (pdir / ".serial").write_text("7")
+    _, page = _json(hs, "/simple/serial/")
+    assert [f["filename"] for f in page["files"]] == ["serial-1.0-py3-none-any.whl"]
+    assert page["meta"]["_last-serial"] == 10
+    assert "has serial 7, older than the 10 of the page we have" in hs.log_text()
+
+    (pdir / ".serial").write_text("11")
+    _, page = _json(hs, "/simple/serial/")
+    assert {f["filename"] for f in page["files"]} == {"serial-0.9-py3-none-any.whl", "serial-1.0-py3-none-any.whl"}
+    assert page["meta"]["_last-serial"] == 11
+
+
+def test_project_status_passed_through_and_quarantine_offers_nothing(upstream_factory, synapse_factory, dists_dir):
+    quarantined = project_dir(dists_dir, "badpkg")
+    build_wheel(quarantined, "badpkg", "1.0")
+    (quarantined / ".status").write_text("quarantined\nmalware, see the advisory")
+    archived = project_dir(dists_dir, "oldpkg")
+    build_wheel(archived, "oldpkg", "1.0")
+    (archived / ".status").write_text("archived\n")
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url})
+
+    _, page = _json(hs, "/simple/badpkg/")
+    assert page["meta"]["api-version"] == "1.4"
+    assert page["project-status"] == {"status": "quarantined", "reason": "malware, see the advisory"}
+    assert page["files"] == [] and page["versions"] == []
+    status, _, html = hs.request("GET", "/simple/badpkg/")
+    assert status == 200 and b"<a " not in html
+    assert b'<meta name="pypi:project-status" content="quarantined">' in html
+    assert b'<meta name="pypi:project-status-reason" content="malware, see the advisory">' in html
+
+    _, page = _json(hs, "/simple/oldpkg/")
+    assert page["project-status"] == {"status": "archived"}
+    assert [f["filename"] for f in page["files"]] == ["oldpkg-1.0-py3-none-any.whl"]  # still offered
+
+
+def test_root_is_rendered_once_per_upstream_change(upstream_factory, synapse_factory, dists_dir):
+    build_wheel(project_dir(dists_dir, "first"), "first", "1.0")
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url, "page_ttl": 0})
+    etags = set()
+    for accept in (JSON_V1, "text/html"):
+        for _ in range(3):
+            status, headers, body = hs.request("GET", "/simple/", headers={"Accept": accept})
+            assert status == 200 and b"first" in body
+            etags.add(headers["etag"])
+        status, headers, body = hs.request("HEAD", "/simple/", headers={"Accept": accept})
+        assert status == 200 and body == b"" and headers["etag"] in etags
+        status, _, body = hs.request("GET", "/simple/", headers={"Accept": accept, "If-None-Match": headers["etag"]})
+        assert status == 304 and body == b""
+    assert len(etags) == 2  # one per format
+    # Every request above revalidated with the upstream (TTL 0) and got "not modified":
+    # each format was rendered once.
+    log = hs.log_text()
+    assert log.count("rendered the root list as JSON_V1") == 1
+    assert log.count("rendered the root list as HTML_V1") == 1
+
+    build_wheel(project_dir(dists_dir, "second"), "second", "1.0")
+    status, headers, body = hs.request("GET", "/simple/", headers={"Accept": JSON_V1})
+    assert status == 200 and {"first", "second"} <= {p["name"] for p in json.loads(body)["projects"]}
+    assert headers["etag"] not in etags
+    assert hs.log_text().count("rendered the root list as JSON_V1") == 2
+
+
+def test_upload_time_lets_uv_and_pip_exclude_newer_files(upstream_factory, synapse_factory, dists_dir, tmp_path):
+    pdir = project_dir(dists_dir, "dated")
+    old = build_wheel(pdir, "dated", "1.0")
+    new = build_wheel(pdir, "dated", "2.0")
+    os.utime(old, (1_704_067_200, 1_704_067_200))  # 2024-01-01: the stand-in's upload-time is the mtime
+    os.utime(new, (1_750_000_000, 1_750_000_000))  # 2025-06-15
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url})
+    _, page = _json(hs, "/simple/dated/")
+    times = {f["filename"]: f["upload-time"] for f in page["files"]}
+    assert times[old.name].startswith("2024-01-01T00:00:00") and times[new.name].startswith("2025-06-15")
+
+    cutoff = "2025-01-01T00:00:00Z"
+    python = make_venv(tmp_path / "uv")
+    result = uv_install(python, hs.index_url, "dated", extra_args=["--exclude-newer", cutoff])
+    assert result.returncode == 0, describe(result)
+    assert installed_version(python, "dated") == "1.0"
+    python = make_venv(tmp_path / "pip")
+    result = pip_install(python, hs.index_url, "dated", extra_args=["--uploaded-prior-to", cutoff])
+    assert result.returncode == 0, describe(result)
+    assert installed_version(python, "dated") == "1.0"
+    python = make_venv(tmp_path / "newest")
+    result = uv_install(python, hs.index_url, "dated")
+    assert result.returncode == 0 and installed_version(python, "dated") == "2.0", describe(result)
