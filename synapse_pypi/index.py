@@ -13,6 +13,7 @@ on bad input, however bad (the parsers are fuzzed).
 
 import codecs
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -307,6 +308,10 @@ def _check_api_version(value: object, where: str) -> None:
 _PLAIN_ABSOLUTE = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!$-:=@-Z_a-z~]*)?(\?[!$-;=?@-Z_a-z~]+)?(#[!$-;=?@-Z_a-z~]+)?"
 )
+# A relative reference without a scheme, query or dot segment ("f.whl#sha256=...",
+# "/files/f.whl"): joined to a plain base by hand, as urljoin would.
+_PLAIN_RELATIVE = re.compile(r"(/?)((?:[!$&-.0-9=@-Z_a-z~]+/)*[!$&-.0-9=@-Z_a-z~]*)(#[!$-;=?@-Z_a-z~]+)?")
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 # An ASCII file name that is_safe_filename would accept, checked in one regex step.
 _PLAIN_FILENAME = re.compile(r"[!-\-0-\[\]-~][ -\.0-\[\]-~]{0,254}")
 
@@ -317,6 +322,9 @@ def _resolve(base: str, href: str, what: str) -> str:
     not make us open file: or other local URLs."""
     if _PLAIN_ABSOLUTE.fullmatch(href):
         return href
+    joined = _join_plain(base, href)
+    if joined is not None:
+        return joined
     try:
         url = urljoin(base, href.strip())
         parts = urlsplit(url)
@@ -325,6 +333,31 @@ def _resolve(base: str, href: str, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise MalformedPage(f"{what}: URL {_short(url)} is not an absolute http(s) URL")
     return url
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_base(base: str) -> tuple[str, str] | None:
+    """(origin, directory) of a base URL that `_join_plain` can join to, else None."""
+    match = _PLAIN_ABSOLUTE.fullmatch(base)
+    if match is None or "?" in base or "#" in base or _DOT_SEGMENT.search(match.group(2) or ""):
+        return None
+    origin = base[: match.start(2)] if match.group(2) else base
+    directory = base[: base.rfind("/") + 1] if match.group(2) else base + "/"
+    return origin, directory
+
+
+def _join_plain(base: str, href: str) -> str | None:
+    """urljoin(base, href) for the common relative links, without urljoin's cost; None
+    when the link needs the general rules."""
+    match = _PLAIN_RELATIVE.fullmatch(href)
+    if match is None or not match.group(2) or ":" in match.group(2).split("/", 1)[0] or _DOT_SEGMENT.search(match.group(2)):
+        return None
+    parts = _plain_base(base)
+    if parts is None:
+        return None
+    if match.group(1):
+        return parts[0] + href
+    return parts[1] + href
 
 
 def _filename_from_url(url: str) -> str:
@@ -496,6 +529,9 @@ _UNQUOTED_VALUE = re.compile(r"[^\t\n\f\r >]*")
 # Where markup may start; any other "<" is text, skipped without a Python step per byte.
 _MARKUP_START = re.compile(r"<[A-Za-z!?/]")
 _SERIAL_COMMENT = re.compile(r"\s*SERIAL\s+([0-9]{1,19})\s*")
+# Attributes read per tag; the rest of a tag with more is skipped (a real anchor has a
+# handful; a junk page of one endless tag would otherwise cost a Python step each).
+_MAX_ATTRIBUTES = 64
 # Elements whose content is text, not markup: a "<a" in a script is no link.
 _RAW_TEXT = frozenset({"script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes"})
 
@@ -587,6 +623,7 @@ class _HtmlScanner:
         text = self._text
         end = len(text)
         attributes: dict[str, str | None] = {}
+        read = 0
         while True:
             pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]  # matches the empty string
             if pos >= end:
@@ -594,6 +631,14 @@ class _HtmlScanner:
                 return
             if text[pos] == ">":
                 pos += 1
+                break
+            read += 1
+            if read > _MAX_ATTRIBUTES:
+                gt = text.find(">", pos)
+                if gt < 0:
+                    self._pos = end
+                    return
+                pos = gt + 1
                 break
             match = _ATTRIBUTE_NAME.match(text, pos)
             assert match is not None  # any character but space, "/" and ">" starts a name
@@ -729,7 +774,13 @@ def parse_project_html(body: bytes, page_url: str, name: NormalizedName) -> Proj
     # HTML: links are relative to the first <base href>, itself relative to the page.
     base = page_url if page.base is None else _resolve(page_url, page.base, "<base href>")
     files = []
+    seen: set[tuple[str | None, str]] = set()
     for number, anchor in enumerate(page.anchors, 1):
+        # The same link again can only lose to the first: skip it before resolving it.
+        link = (anchor.attrs.get("href"), anchor.text[0] if anchor.text else "")
+        if link in seen:
+            continue
+        seen.add(link)
         dist = _file_from_anchor(anchor, base, number)
         if dist is not None:
             files.append(dist)

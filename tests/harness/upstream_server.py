@@ -20,6 +20,9 @@ and next to the projects:
     <project>/.serial  PyPI's last serial of the project (JSON meta._last-serial, HTML
                        <!--SERIAL n-->, header X-PyPI-Last-Serial)
     .serial            the same for the root list
+    <project>/.page.json, <project>/.page.html
+                       served as they are instead of the generated page, in the format
+                       the client negotiated (a huge or junk page without a tree behind it)
 
 Routes:
     GET /simple/                      project list (JSON or HTML by Accept, PEP 691)
@@ -583,8 +586,15 @@ class Handler(BaseHTTPRequestHandler):
         else:
             pdir = os.path.join(self.state.root, project)
             serial = _read_serial(os.path.join(pdir, ".serial"))
-            files, mtime = self.state.project_files(project)
-            body = render_project(project, files, ctype, serial, _read_status(pdir))
+            verbatim = self._verbatim_page(pdir, ctype)
+            if verbatim is not None:
+                ctype, path = verbatim
+                with open(path, "rb") as f:
+                    body = f.read()
+                mtime = os.stat(path).st_mtime
+            else:
+                files, mtime = self.state.project_files(project)
+                body = render_project(project, files, ctype, serial, _read_status(pdir))
         if fault and fault["kind"] == "malformed":
             body = base64.b64decode(fault["body_b64"]) if "body_b64" in fault else _garbage(ctype)
         full_ctype = ctype + ("; charset=utf-8" if ctype == TEXT_HTML else "")
@@ -596,6 +606,20 @@ class Handler(BaseHTTPRequestHandler):
             self._send_304(headers)
             return
         self._send(200, headers, len(body), [body], head, fault)
+
+    def _verbatim_page(self, pdir: str, ctype: str) -> tuple[str, str] | None:
+        """(content type, path) of a stored page to serve as it is: the negotiated format's,
+        else the other one's if the client accepts that format too."""
+        for fmt, kind in (("json", JSON_V1), ("html", HTML_V1)):
+            path = os.path.join(pdir, f".page.{fmt}")
+            if not os.path.exists(path):
+                continue
+            if kind == ctype or (ctype == TEXT_HTML and kind == HTML_V1):
+                return ctype, path
+            other = negotiate(self.headers.get("Accept"), [fmt])
+            if other is not None:
+                return other, path
+        return None
 
     def _file(self, path: str, head: bool, fault: dict[str, Any] | None) -> None:
         local = self._local_file(path)

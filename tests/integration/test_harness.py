@@ -243,7 +243,8 @@ def test_upstream_pages_negotiation_and_conditional_requests(upstream, dists_dir
     assert f["yanked"] == "oops"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", f["upload-time"])
     meta_sha = hashlib.sha256(Path(str(whl) + ".metadata").read_bytes()).hexdigest()
-    assert f["core-metadata"] == f["dist-info-metadata"] == {"sha256": meta_sha}
+    assert f["core-metadata"] == {"sha256": meta_sha}
+    assert "dist-info-metadata" not in f  # PEP 714: JSON carries the new key only
     assert f["provenance"] == upstream.file_url("alpha", whl.name) + ".provenance"
     s = _file_entry(page, sdist.name)
     assert (s["yanked"], s["core-metadata"], s["provenance"], s["requires-python"]) == (False, False, None, None)

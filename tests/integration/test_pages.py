@@ -275,3 +275,68 @@ def test_upload_time_lets_uv_and_pip_exclude_newer_files(upstream_factory, synap
     python = make_venv(tmp_path / "newest")
     result = uv_install(python, hs.index_url, "dated")
     assert result.returncode == 0 and installed_version(python, "dated") == "2.0", describe(result)
+
+
+# --- huge and junk pages ---------------------------------------------------------------------
+
+HUGE_FILES = 200_000
+
+
+def _huge_html(project: str, count: int) -> bytes:
+    stem = project.replace("-", "_")
+    return b"".join(
+        b'<a href="http://127.0.0.1:9/files/%s/%s-%d.0-py3-none-any.whl#sha256=%064x" data-requires-python="&gt;=3.8">'
+        b"%s-%d.0-py3-none-any.whl</a><br>\n" % (project.encode(), stem.encode(), i, i, stem.encode(), i)
+        for i in range(count)
+    )
+
+
+def _huge_json(project: str, count: int) -> bytes:
+    stem = project.replace("-", "_")
+    files = ",".join(
+        '{"filename":"%s-%d.0-py3-none-any.whl","url":"http://127.0.0.1:9/files/%s/%s-%d.0-py3-none-any.whl",'
+        '"hashes":{"sha256":"%064x"},"size":%d,"upload-time":"2024-01-01T00:00:00Z","yanked":false}'
+        % (stem, i, project, stem, i, i, 1000 + i)
+        for i in range(count)
+    )
+    return ('{"meta":{"api-version":"1.1"},"name":"%s","files":[%s]}' % (project, files)).encode()
+
+
+def test_junk_and_huge_pages_are_answered_within_a_memory_budget(upstream_factory, synapse_factory, dists_dir):
+    (project_dir(dists_dir, "junk") / ".page.html").write_bytes(b"<a " * (50 * 1024**2 // 3))
+    (project_dir(dists_dir, "huge-a") / ".page.json").write_bytes(_huge_json("huge-a", HUGE_FILES))
+    (project_dir(dists_dir, "huge-b") / ".page.html").write_bytes(_huge_html("huge-b", HUGE_FILES))
+    build_wheel(project_dir(dists_dir, "small"), "small", "1.0")
+    upstream = upstream_factory()
+    hs = synapse_factory(
+        module_config={"upstream_url": upstream.url, "max_page_size": "100M", "page_cache_size": "64M"}
+    )
+    assert hs.request("GET", "/simple/small/")[0] == 200
+    baseline = hs.rss_bytes()
+
+    # 50 MB of unclosed "<a " took html.parser minutes; it is one pass now, and a page
+    # that ends inside a tag has no links.
+    status, _, body = hs.request("GET", "/simple/junk/", headers={"Accept": JSON_V1}, timeout=300)
+    assert status == 200 and json.loads(body)["files"] == [], body[:200]
+
+    rss = []
+    for project in ("huge-a", "huge-b", "huge-a", "huge-b"):
+        for accept in (JSON_V1, "text/html"):
+            status, _, body = hs.request("GET", f"/simple/{project}/", headers={"Accept": accept}, timeout=300)
+            assert status == 200, body[:200]
+            if accept == JSON_V1:
+                files = json.loads(body)["files"]
+                assert len(files) == HUGE_FILES
+                stem = project.replace("-", "_")
+                assert files[-1]["filename"] == f"{stem}-{HUGE_FILES - 1}.0-py3-none-any.whl"
+                assert files[-1]["hashes"] == {"sha256": "%064x" % (HUGE_FILES - 1)}
+            else:
+                assert body.count(b"<a ") == HUGE_FILES
+            del body
+        rss.append(hs.rss_bytes())
+    print("RSS MB: baseline", baseline // 2**20, "after each page", [r // 2**20 for r in rss])
+    # Neither page fits the 64M budget, so neither is kept: each request reads it back
+    # from the database, and the memory of one is released before the next.
+    assert hs.log_text().count("larger than page_cache_size; not kept in memory") >= 2
+    assert max(rss[2:]) < max(rss[:2]) + 100 * 2**20, rss
+    assert rss[-1] - baseline < 800 * 2**20, (baseline, rss)

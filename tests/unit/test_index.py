@@ -717,6 +717,7 @@ def test_html_round_trip(page: ProjectPage) -> None:
 
 
 @given(pages())
+@settings(deadline=None)
 def test_storage_round_trip(page: ProjectPage) -> None:
     text = index.page_to_json(page)
     restored = index.page_from_json(text)
