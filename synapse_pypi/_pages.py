@@ -12,7 +12,7 @@ import ctypes.util
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Dict, Hashable, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Tuple, TypeVar
 
 import attrs
 
@@ -21,6 +21,7 @@ from synapse_pypi._context import SingleFlight
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._store import Store, StoredPage
 from synapse_pypi._upstream import (
+    NobodyWaits,
     NotModified,
     UpstreamBadResponse,
     UpstreamClient,
@@ -44,13 +45,13 @@ MODEL_BYTES_PER_TEXT_BYTE = 3
 FAILED_PAGES = 10_000
 
 
-def _parse(key: str, response: Any) -> Tuple[Any, str]:
+def _parse(key: str, response: Any, stop: Optional[Callable[[], bool]] = None) -> Tuple[Any, str]:
     """(parsed page, storage text) of an upstream response; pure CPU work."""
     if key == ROOT:
         root = index.parse_root_page(response.body, response.content_type)
         root = index.RootPage(sorted(set(root.names)), root.last_serial)
         return root, index.root_to_json(root)
-    page = index.parse_project(response.body, response.content_type, response.url, NormalizedName(key))
+    page = index.parse_project(response.body, response.content_type, response.url, NormalizedName(key), stop)
     return page, index.page_to_json(page)
 
 
@@ -190,17 +191,24 @@ class PageService:
         self._now = clock or (lambda: int(time.time() * 1000))
         self._flights = SingleFlight(yieldable)
         self._loads = SingleFlight(yieldable)
+        # key -> the "is it still wanted?" checks of every request waiting for its fetch.
+        self._wanted: Dict[str, List[Callable[[], bool]]] = {}
         self._offline_since: Optional[int] = None
         self.upstream_page_fetches = 0
 
-    async def project(self, name: NormalizedName) -> PageView:
+    async def project(self, name: NormalizedName, wanted: Optional[Callable[[], bool]] = None) -> PageView:
         """The page of `name`.
+
+        Args:
+            name: the project.
+            wanted: says whether the caller still wants the page (its client is still
+                connected). A fetch from the upstream stops once no caller wants it.
 
         Raises:
             UpstreamNotFound: the upstream has no such project (and we never had it).
             UpstreamError: the upstream failed and nothing is cached.
         """
-        entry, offline = await self._get(name)
+        entry, offline = await self._get(name, wanted)
         return PageView(entry.page, offline)
 
     async def root(self) -> RootView:
@@ -277,7 +285,7 @@ class PageService:
             return await self._defer_to_thread(fn, *args)
         return fn(*args)
 
-    async def _get(self, key: str) -> Tuple[_Entry, bool]:
+    async def _get(self, key: str, wanted: Optional[Callable[[], bool]] = None) -> Tuple[_Entry, bool]:
         entry = await self._load(key)
         if entry is not None and self._now() - entry.stored.fetched_at < self._ttl:
             return entry, False
@@ -295,13 +303,28 @@ class PageService:
             built = await self._fallback(key) if (self._fallback and key != ROOT) else None
             if built is not None:
                 return _Entry(StoredPage(key, "", None, None, 0), built), True
+        checks = self._wanted.setdefault(key, [])
+        # A caller that cannot say counts as wanting the page for as long as it runs.
+        checks.append(wanted or (lambda: True))
         return await self._flights.run(key, lambda: self._refresh(key))
+
+    def _nobody_waits(self, key: str) -> bool:
+        return not any(check() for check in self._wanted.get(key, ()))
+
+    async def _refresh(self, key: str) -> Tuple[_Entry, bool]:
+        try:
+            return await self._fetch(key)
+        except (NobodyWaits, index.Stopped):
+            logger.info("stopped fetching the page of %r: nobody waits for it any more", key or "/simple/")
+            raise NobodyWaits(self._base + key, "stopped: nobody waits for this page any more")
+        finally:
+            self._wanted.pop(key, None)
 
     def in_outage(self) -> bool:
         """Whether the upstream failed less than `retry_ms` ago (and has not answered since)."""
         return self._offline_since is not None and self._now() - self._last_failure < self._retry_ms
 
-    async def _refresh(self, key: str) -> Tuple[_Entry, bool]:
+    async def _fetch(self, key: str) -> Tuple[_Entry, bool]:
         # Read again inside the flight: another flight may just have stored it.
         entry = await self._load(key)
         if entry is not None and self._now() - entry.stored.fetched_at < self._ttl:
@@ -311,13 +334,13 @@ class PageService:
         self.upstream_page_fetches += 1
         try:
             response = await self._upstream.get_page(
-                url, old.etag if old else None, old.last_modified if old else None
+                url, old.etag if old else None, old.last_modified if old else None, stop=lambda: self._nobody_waits(key)
             )
         except NotModified:
             assert entry is not None
             self._back_online()
             return await self._revalidated(key, entry), False
-        except UpstreamNotFound:
+        except (UpstreamNotFound, NobodyWaits):
             self._back_online()
             raise
         except UpstreamTooLarge as e:
@@ -336,7 +359,9 @@ class PageService:
             return entry, True
         self._back_online()
         try:
-            page, text = await self._cpu(len(response.body), _parse, key, response)
+            if self._nobody_waits(key):
+                raise NobodyWaits(url, "stopped: nobody waits for this page any more")
+            page, text = await self._cpu(len(response.body), _parse, key, response, lambda: self._nobody_waits(key))
         except index.MalformedPage as e:
             # Fetching and parsing it again would give the same answer: remember it.
             return self._page_failed(key, entry, UpstreamBadResponse(url, f"malformed index page ({e})"))

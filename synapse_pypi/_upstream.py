@@ -60,6 +60,10 @@ class UpstreamTooLarge(UpstreamBadResponse):
     """A body larger than we accept (a page over max_page_size, a file over its size)."""
 
 
+class NobodyWaits(UpstreamError):
+    """The page was being fetched for requests that have all gone: the work stopped."""
+
+
 class UpstreamUnreachable(UpstreamError):
     """Could not connect at all: the upstream is down (serve from cache if we can)."""
 
@@ -226,9 +230,17 @@ class UpstreamClient:
             raise UpstreamBadResponse(url, f"bad response ({_describe(Failure(e))})")
 
     async def get_page(
-        self, url: str, etag: Optional[str] = None, last_modified: Optional[str] = None
+        self,
+        url: str,
+        etag: Optional[str] = None,
+        last_modified: Optional[str] = None,
+        stop: Optional[Callable[[], bool]] = None,
     ) -> PageResponse:
         """Fetch an index page, conditionally when we have validators.
+
+        Args:
+            stop: asked as the body arrives; when it says True, the download stops
+                (nobody wants the page any more) with `NobodyWaits`.
 
         Raises:
             NotModified: the upstream answered 304.
@@ -245,7 +257,18 @@ class UpstreamClient:
             raise NotModified()
         self._check_status(url, response)
         chunks: list = []
-        await self.read_body(url, response, chunks.append, max_size=self._max_page_size)
+
+        def on_data(data: bytes) -> None:
+            if stop is not None and stop():
+                raise TooLarge("nobody waits for this page any more")
+            chunks.append(data)
+
+        try:
+            await self.read_body(url, response, on_data, max_size=self._max_page_size)
+        except UpstreamBadResponse:
+            if stop is not None and stop():
+                raise NobodyWaits(url, "stopped: nobody waits for this page any more")
+            raise
         hdrs = response.headers
         return PageResponse(
             body=b"".join(chunks),

@@ -265,7 +265,7 @@ class SimpleResource(Resource):
 
     async def _project(self, request: Any, name: str) -> None:
         fmt, content_type = self._negotiate(request)
-        view = await self._pages.project(NormalizedName(name))
+        view = await self._pages.project(NormalizedName(name), wanted=lambda: not _gone(request))
         known = self._trust.known_rooms.get(name) if self._trust is not None else None
         if self._trust is not None and (known is None or known.local is None):
             # The first time a project is cached: its room is made in the background.
@@ -411,6 +411,11 @@ class SimpleResource(Resource):
             else:
                 raise dl.error or HttpError(http.BAD_GATEWAY, "download failed")
         _TailProducer(request, dl, fd).start()
+
+
+def _gone(request: Any) -> bool:
+    # Twisted sets _disconnected when the client's connection is lost.
+    return bool(getattr(request, "_disconnected", False))
 
 
 def _relative(f: index.DistFile) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "ProjectPage",
     "ProjectStatus",
     "RootPage",
+    "Stopped",
     "api_version",
     "page_from_json",
     "page_to_json",
@@ -108,6 +109,10 @@ _HTML_TYPES = frozenset(
         "application/xhtml+xml",
     }
 )
+
+
+class Stopped(Exception):
+    """Parsing stopped because the caller's `stop` said so (nobody wants the page)."""
 
 
 class MalformedPage(ValueError):
@@ -421,6 +426,15 @@ def _serial(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SERIAL:
         return None
     return value
+
+
+_STOP_EVERY = 4096
+
+
+def _check_stop(stop: Callable[[], bool] | None, count: int) -> None:
+    """Raise `Stopped` when `stop` says so; asked once every few thousand items."""
+    if stop is not None and count % _STOP_EVERY == 0 and stop():
+        raise Stopped()
 
 
 def _sort_versions(versions: Iterable[str]) -> tuple[str, ...]:
@@ -754,7 +768,9 @@ def _file_from_anchor(anchor: _Anchor, base: str, number: int) -> DistFile | Non
     )
 
 
-def parse_project_html(body: bytes, page_url: str, name: NormalizedName) -> ProjectPage:
+def parse_project_html(
+    body: bytes, page_url: str, name: NormalizedName, stop: Callable[[], bool] | None = None
+) -> ProjectPage:
     """Read a PEP 503 project page.
 
     Args:
@@ -776,6 +792,7 @@ def parse_project_html(body: bytes, page_url: str, name: NormalizedName) -> Proj
     files = []
     seen: set[tuple[str | None, str]] = set()
     for number, anchor in enumerate(page.anchors, 1):
+        _check_stop(stop, number)
         # The same link again can only lose to the first: skip it before resolving it.
         link = (anchor.attrs.get("href"), anchor.text[0] if anchor.text else "")
         if link in seen:
@@ -975,7 +992,9 @@ def _file_from_json(item: object, page_url: str, index: int) -> DistFile:
     )
 
 
-def parse_project_json(body: bytes, page_url: str, name: NormalizedName) -> ProjectPage:
+def parse_project_json(
+    body: bytes, page_url: str, name: NormalizedName, stop: Callable[[], bool] | None = None
+) -> ProjectPage:
     """Read a PEP 691 project page.
 
     Args:
@@ -1005,9 +1024,11 @@ def parse_project_json(body: bytes, page_url: str, name: NormalizedName) -> Proj
         raise MalformedPage(f"page is for project {normalized!r}, not {name!r}")
     if "files" not in data:
         raise MalformedPage("project page has no files")
-    files = _unique_files(
-        _file_from_json(item, page_url, i) for i, item in enumerate(_json_list(data["files"], "files"))
-    )
+    entries = []
+    for i, item in enumerate(_json_list(data["files"], "files")):
+        _check_stop(stop, i)
+        entries.append(_file_from_json(item, page_url, i))
+    files = _unique_files(entries)
     if data.get("versions") is not None:
         versions = [
             _json_str(v, f"versions[{i}]") for i, v in enumerate(_json_list(data["versions"], "versions"))
@@ -1069,7 +1090,9 @@ def _root_json(body: bytes) -> RootPage:
 # --- dispatch ----------------------------------------------------------------------------
 
 
-def parse_project(body: bytes, content_type: str, page_url: str, name: NormalizedName) -> ProjectPage:
+def parse_project(
+    body: bytes, content_type: str, page_url: str, name: NormalizedName, stop: Callable[[], bool] | None = None
+) -> ProjectPage:
     """Read a project page in whichever format its Content-Type names.
 
     Args:
@@ -1078,18 +1101,21 @@ def parse_project(body: bytes, content_type: str, page_url: str, name: Normalize
             ``text/html``); when empty, the body is sniffed.
         page_url: the URL the page came from (after redirects).
         name: the project's normalized name.
+        stop: asked every few thousand links; True stops the parse with `Stopped` (the
+            page is big and nobody wants it any more).
 
     Returns:
         The page.
 
     Raises:
         MalformedPage: an unknown content type, or a page the format's parser refuses.
+        Stopped: `stop` said so.
     """
     media, params = _split_content_type(content_type)
     if media in _JSON_TYPES or (not media and _looks_like_json(body)):
-        return parse_project_json(body, page_url, name)
+        return parse_project_json(body, page_url, name, stop)
     if media in _HTML_TYPES or not media:
-        return parse_project_html(_html_as_utf8(body, params), page_url, name)
+        return parse_project_html(_html_as_utf8(body, params), page_url, name, stop)
     raise MalformedPage(f"unexpected content type {_short(content_type)} for a project page")
 
 

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import time
 
 import pytest
 from harness.clients import describe, installed_version, make_venv, pip_install, uv_install
@@ -340,3 +342,24 @@ def test_junk_and_huge_pages_are_answered_within_a_memory_budget(upstream_factor
     assert hs.log_text().count("larger than page_cache_size; not kept in memory") >= 2
     assert max(rss[2:]) < max(rss[:2]) + 100 * 2**20, rss
     assert rss[-1] - baseline < 800 * 2**20, (baseline, rss)
+
+
+def test_a_page_fetch_stops_when_nobody_waits_for_it(upstream_factory, synapse_factory, dists_dir):
+    # 20 MB at 2 MB/s: ten seconds of upstream body for a client that gives up after one.
+    (project_dir(dists_dir, "slowpage") / ".page.json").write_bytes(_huge_json("slowpage", 90_000))
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url, "upstream_timeout": "20s"})
+    upstream.fault("/simple/slowpage/", "slow", rate=2_000_000, count=1)
+    with socket.create_connection(("127.0.0.1", hs.port), timeout=10) as s:
+        s.sendall(b"GET /simple/slowpage/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: " + JSON_V1.encode() + b"\r\n\r\n")
+        upstream.wait_for_hits("/simple/slowpage/")
+    # The client is gone: the mirror stops reading the body (and never parses it).
+    deadline = time.monotonic() + 8
+    while "stopped fetching the page of 'slowpage'" not in hs.log_text():
+        assert time.monotonic() < deadline, hs.log_tail()
+        time.sleep(0.05)  # polling the log
+    # Nothing was stored or remembered as a failure: the next client gets the page.
+    status, _, body = hs.request("GET", "/simple/slowpage/", headers={"Accept": JSON_V1}, timeout=120)
+    assert status == 200 and len(json.loads(body)["files"]) == 90_000
+    assert upstream.hit_count("/simple/slowpage/") == 2
+    assert "Traceback" not in hs.log_text()
