@@ -20,9 +20,10 @@ and next to the projects:
     <project>/.serial  PyPI's last serial of the project (JSON meta._last-serial, HTML
                        <!--SERIAL n-->, header X-PyPI-Last-Serial)
     .serial            the same for the root list
-    <project>/.page.json, <project>/.page.html
-                       served as they are instead of the generated page, in the format
-                       the client negotiated (a huge or junk page without a tree behind it)
+    <project>/.page.json, <project>/.page.html, .page.json, .page.html
+                       served as they are instead of the generated project page (or root
+                       list), in the format the client negotiated (a huge or junk page
+                       without a tree behind it)
 
 Routes:
     GET /simple/                      project list (JSON or HTML by Accept, PEP 691)
@@ -581,7 +582,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         if project is None:
             serial = _read_serial(os.path.join(self.state.root, ".serial"))
-            body = render_index(self.state, ctype, serial)
+            verbatim = self._verbatim_page(self.state.root, ctype)
+            if verbatim is not None:
+                ctype, path = verbatim
+                with open(path, "rb") as f:
+                    body = f.read()
+            else:
+                body = render_index(self.state, ctype, serial)
             mtime = os.stat(self.state.root).st_mtime
         else:
             pdir = os.path.join(self.state.root, project)

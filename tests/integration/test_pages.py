@@ -12,6 +12,7 @@ import time
 import pytest
 from harness.clients import describe, installed_version, make_venv, pip_install, uv_install
 from harness.dists import build_wheel, project_dir, read_wheel_metadata, sha256_file, wheel_filename
+from harness.pages import project_html, project_json
 
 pytestmark = pytest.mark.synapse
 
@@ -284,30 +285,10 @@ def test_upload_time_lets_uv_and_pip_exclude_newer_files(upstream_factory, synap
 HUGE_FILES = 200_000
 
 
-def _huge_html(project: str, count: int) -> bytes:
-    stem = project.replace("-", "_")
-    return b"".join(
-        b'<a href="http://127.0.0.1:9/files/%s/%s-%d.0-py3-none-any.whl#sha256=%064x" data-requires-python="&gt;=3.8">'
-        b"%s-%d.0-py3-none-any.whl</a><br>\n" % (project.encode(), stem.encode(), i, i, stem.encode(), i)
-        for i in range(count)
-    )
-
-
-def _huge_json(project: str, count: int) -> bytes:
-    stem = project.replace("-", "_")
-    files = ",".join(
-        '{"filename":"%s-%d.0-py3-none-any.whl","url":"http://127.0.0.1:9/files/%s/%s-%d.0-py3-none-any.whl",'
-        '"hashes":{"sha256":"%064x"},"size":%d,"upload-time":"2024-01-01T00:00:00Z","yanked":false}'
-        % (stem, i, project, stem, i, i, 1000 + i)
-        for i in range(count)
-    )
-    return ('{"meta":{"api-version":"1.1"},"name":"%s","files":[%s]}' % (project, files)).encode()
-
-
 def test_junk_and_huge_pages_are_answered_within_a_memory_budget(upstream_factory, synapse_factory, dists_dir):
     (project_dir(dists_dir, "junk") / ".page.html").write_bytes(b"<a " * (50 * 1024**2 // 3))
-    (project_dir(dists_dir, "huge-a") / ".page.json").write_bytes(_huge_json("huge-a", HUGE_FILES))
-    (project_dir(dists_dir, "huge-b") / ".page.html").write_bytes(_huge_html("huge-b", HUGE_FILES))
+    (project_dir(dists_dir, "huge-a") / ".page.json").write_bytes(project_json("huge-a", HUGE_FILES))
+    (project_dir(dists_dir, "huge-b") / ".page.html").write_bytes(project_html("huge-b", HUGE_FILES))
     build_wheel(project_dir(dists_dir, "small"), "small", "1.0")
     upstream = upstream_factory()
     hs = synapse_factory(
@@ -346,7 +327,7 @@ def test_junk_and_huge_pages_are_answered_within_a_memory_budget(upstream_factor
 
 def test_a_page_fetch_stops_when_nobody_waits_for_it(upstream_factory, synapse_factory, dists_dir):
     # 20 MB at 2 MB/s: ten seconds of upstream body for a client that gives up after one.
-    (project_dir(dists_dir, "slowpage") / ".page.json").write_bytes(_huge_json("slowpage", 90_000))
+    (project_dir(dists_dir, "slowpage") / ".page.json").write_bytes(project_json("slowpage", 90_000))
     upstream = upstream_factory()
     hs = synapse_factory(module_config={"upstream_url": upstream.url, "upstream_timeout": "20s"})
     upstream.fault("/simple/slowpage/", "slow", rate=2_000_000, count=1)
