@@ -49,7 +49,7 @@ class PyPIConfig:
     upstream_retry_ms: int = 10_000
     max_page_size: int = 64 * 1024**2
     # Parsed and rendered pages in memory, in bytes.
-    page_cache_size: int = 256 * 1024**2
+    page_cache_size: int = 512 * 1024**2
     max_cache_size: int = 10 * 1024**3
     storage_providers: Tuple[StorageProviderConfig, ...] = ()
     # How often pending IPFS adds are retried while a storage backend is down.

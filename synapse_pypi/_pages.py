@@ -178,7 +178,7 @@ class PageService:
         retry_ms: int = 10_000,
         budget: Optional[PageBudget] = None,
     ):
-        self.budget = budget if budget is not None else PageBudget(256 * 1024**2)
+        self.budget = budget if budget is not None else PageBudget(512 * 1024**2)
         self._failed: OrderedDict[str, Tuple[int, UpstreamError]] = OrderedDict()
         self._retry_ms = retry_ms
         self._last_failure = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -344,3 +345,24 @@ def test_a_page_fetch_stops_when_nobody_waits_for_it(upstream_factory, synapse_f
     assert status == 200 and len(json.loads(body)["files"]) == 90_000
     assert upstream.hit_count("/simple/slowpage/") == 2
     assert "Traceback" not in hs.log_text()
+
+
+def test_big_pages_go_out_gzipped_to_clients_that_take_it(upstream_factory, synapse_factory, dists_dir):
+    names = [f"name-{i}" for i in range(3000)]
+    (dists_dir / ".page.json").write_text(
+        json.dumps({"meta": {"api-version": "1.1"}, "projects": [{"name": n} for n in names]})
+    )
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config={"upstream_url": upstream.url})
+    status, plain_headers, plain = hs.request("GET", "/simple/", headers={"Accept": JSON_V1})
+    assert status == 200 and "content-encoding" not in plain_headers
+    assert [p["name"] for p in json.loads(plain)["projects"]] == sorted(names)
+    accept = {"Accept": JSON_V1, "Accept-Encoding": "gzip, deflate"}
+    status, headers, body = hs.request("GET", "/simple/", headers=accept)
+    assert status == 200 and headers["content-encoding"] == "gzip" and "Accept-Encoding" in headers["vary"]
+    assert gzip.decompress(body) == plain and len(body) < len(plain) / 4
+    assert headers["etag"] != plain_headers["etag"]  # another representation, another tag
+    status, _, body = hs.request("GET", "/simple/", headers={**accept, "If-None-Match": headers["etag"]})
+    assert status == 304 and body == b""
+    status, headers, _ = hs.request("GET", "/simple/", headers={"Accept": JSON_V1, "Accept-Encoding": "gzip;q=0"})
+    assert status == 200 and "content-encoding" not in headers

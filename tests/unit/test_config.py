@@ -41,7 +41,7 @@ def test_defaults():
     assert got.upstream_retry_ms == 10_000
     assert got.max_cache_size == 10 * 1024**3
     assert got.max_page_size == 64 * 1024**2
-    assert got.page_cache_size == 256 * 1024**2
+    assert got.page_cache_size == 512 * 1024**2
 
 
 def test_config_is_frozen():
