@@ -15,8 +15,9 @@ process is stopped by its PID at the end and the work directory is removed unles
 2. *Root, cold*: the first `GET /simple/` (JSON): fetch, parse, store and render; the
    versions poller runs alongside.
 3. *Root, warm*: `--clients` (5) threads, each on its own keep-alive connection, send
-   `GET /simple/` (JSON; then with If-None-Match, answered 304; then HEAD) for `--seconds`
-   each, while the versions poller runs. Latency of every request, median and p99.
+   `GET /simple/` (JSON; then with `Accept-Encoding: gzip` as pip and uv send it; then with
+   If-None-Match, answered 304; then HEAD) for `--seconds` each, while the versions poller
+   runs. Latency of every request, median and p99.
 4. *Huge page, first JSON render*: the first `GET /simple/<huge>/` with the versions
    poller alongside: how long the Matrix API waited at worst while the page was fetched,
    parsed and rendered (the render happens in a thread). Then the same page again, warm.
@@ -183,6 +184,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             etag = headers["etag"]
             for name, method, extra in (
                 ("root_warm_get", "GET", {}),
+                ("root_warm_get_gzip", "GET", {"Accept-Encoding": "gzip"}),
                 ("root_warm_304", "GET", {"If-None-Match": etag}),
                 ("root_warm_head", "HEAD", {}),
             ):
@@ -219,7 +221,7 @@ def render_table(summary: dict[str, Any]) -> str:
         f"root, cold: {summary['root_cold']['seconds']:.2f} s, {summary['root_cold']['bytes']} bytes",
         f"  Matrix API meanwhile             {fmt(summary['root_cold']['versions'])}",
     ]
-    for name in ("root_warm_get", "root_warm_304", "root_warm_head"):
+    for name in ("root_warm_get", "root_warm_get_gzip", "root_warm_304", "root_warm_head"):
         lines.append(f"{name:<35}{fmt(summary[name]['requests'])}")
         lines.append(f"  Matrix API meanwhile             {fmt(summary[name]['versions'])}")
     lines.append(f"huge page, first JSON: {summary['huge_first']['seconds']:.2f} s, {summary['huge_first']['bytes']} bytes")
