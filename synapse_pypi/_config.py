@@ -49,6 +49,8 @@ class PyPIConfig:
     # have before the upstream is asked again.
     upstream_retry_ms: int = 10_000
     max_page_size: int = 64 * 1024**2
+    # Parsed and rendered pages in memory, in bytes.
+    page_cache_size: int = 512 * 1024**2
     max_cache_size: int = 10 * 1024**3
     # Disk space left free on the cache's filesystem; a file that would need more is
     # streamed through without being cached.
@@ -124,6 +126,7 @@ KNOWN_KEYS = frozenset(
         "upstream_timeout",
         "upstream_retry_interval",
         "max_page_size",
+        "page_cache_size",
         "max_cache_size",
         "min_free_space",
         "x_accel_redirect",
@@ -269,6 +272,10 @@ def parse_config(config: Any) -> PyPIConfig:
         kwargs["upstream_timeout_s"] = parse_positive_duration_ms(config["upstream_timeout"], "upstream_timeout") / 1000
     if "upstream_retry_interval" in config:
         kwargs["upstream_retry_ms"] = parse_duration_ms(config["upstream_retry_interval"], "upstream_retry_interval")
+    if "page_cache_size" in config:
+        kwargs["page_cache_size"] = parse_size(config["page_cache_size"], "page_cache_size")
+        if kwargs["page_cache_size"] < 1024**2:
+            raise ConfigError("'page_cache_size' must be at least 1M", path=("page_cache_size",))
     if "max_page_size" in config:
         kwargs["max_page_size"] = parse_size(config["max_page_size"], "max_page_size")
         if kwargs["max_page_size"] < 1024:

@@ -16,7 +16,7 @@ from synapse_pypi._config import PyPIConfig, parse_config
 from synapse_pypi._files import FileChain, LocalCache, blob_path
 from synapse_pypi._matrix_queue import MatrixQueue, QueueSettings, RequestGauge
 from synapse_pypi._names import NormalizedName
-from synapse_pypi._pages import PageService
+from synapse_pypi._pages import PageBudget, PageService
 from synapse_pypi._serve_policy import TrustServePolicy
 from synapse_pypi._store import Store
 from synapse_pypi._synapse_fixes import give_notifications_their_own_context
@@ -62,6 +62,7 @@ class PyPIModule:
             fallback=self._page_without_upstream,
             defer_to_thread=api.defer_to_thread,
             retry_ms=config.upstream_retry_ms,
+            budget=PageBudget(config.page_cache_size),
         )
         # The attestation key is made on first start and kept under the data directory.
         self._signing_key = load_or_create_key(config.signing_key_path)
@@ -145,6 +146,7 @@ class PyPIModule:
             policy=self._policy,
             x_accel_redirect=config.x_accel_redirect,
             gauge=self._gauge,
+            defer_to_thread=api.defer_to_thread,
         )
         # Requests that arrive before start-up finished wait for it.
         self._simple.gate_on(api.run_as_background_process("synapse_pypi_start", self._start))

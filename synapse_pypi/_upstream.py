@@ -56,6 +56,14 @@ class UpstreamBadResponse(UpstreamError):
     """A status we cannot use, a reset, a truncated or over-long body."""
 
 
+class UpstreamTooLarge(UpstreamBadResponse):
+    """A body larger than we accept (a page over max_page_size, a file over its size)."""
+
+
+class NobodyWaits(UpstreamError):
+    """The page was being fetched for requests that have all gone: the work stopped."""
+
+
 class UpstreamUnreachable(UpstreamError):
     """Could not connect at all: the upstream is down (serve from cache if we can)."""
 
@@ -146,7 +154,7 @@ class _BodyReader(Protocol):
             return
         self.received += len(data)
         if self.max_size is not None and self.received > self.max_size:
-            self._fail(UpstreamBadResponse(self.url, f"body larger than {self.max_size} bytes"))
+            self._fail(UpstreamTooLarge(self.url, f"body larger than {self.max_size} bytes"))
             return
         self._arm()
         try:
@@ -238,9 +246,17 @@ class UpstreamClient:
             raise UpstreamBadResponse(url, f"bad response ({_describe(Failure(e))})")
 
     async def get_page(
-        self, url: str, etag: Optional[str] = None, last_modified: Optional[str] = None
+        self,
+        url: str,
+        etag: Optional[str] = None,
+        last_modified: Optional[str] = None,
+        stop: Optional[Callable[[], bool]] = None,
     ) -> PageResponse:
         """Fetch an index page, conditionally when we have validators.
+
+        Args:
+            stop: asked as the body arrives; when it says True, the download stops
+                (nobody wants the page any more) with `NobodyWaits`.
 
         Raises:
             NotModified: the upstream answered 304.
@@ -257,7 +273,18 @@ class UpstreamClient:
             raise NotModified()
         self._check_status(url, response)
         chunks: list = []
-        await self.read_body(url, response, chunks.append, max_size=self._max_page_size)
+
+        def on_data(data: bytes) -> None:
+            if stop is not None and stop():
+                raise TooLarge("nobody waits for this page any more")
+            chunks.append(data)
+
+        try:
+            await self.read_body(url, response, on_data, max_size=self._max_page_size)
+        except UpstreamBadResponse:
+            if stop is not None and stop():
+                raise NobodyWaits(url, "stopped: nobody waits for this page any more")
+            raise
         hdrs = response.headers
         return PageResponse(
             body=b"".join(chunks),

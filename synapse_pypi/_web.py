@@ -5,9 +5,10 @@ status with a one-line plain-text reason. File links in pages are relative
 (`<file>` from `/simple/<project>/`), so a reverse proxy in front changes nothing.
 """
 
+import gzip
 import hashlib
 import logging
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 from urllib.parse import quote, unquote
 
 import attrs
@@ -17,12 +18,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from synapse_pypi import index
-from synapse_pypi._context import fire_all
+from synapse_pypi._context import SingleFlight, fire_all
 from synapse_pypi._errors import HttpError
 from synapse_pypi._files import METADATA_SUFFIX, FileChain, WantedFile
 from synapse_pypi._names import InvalidName, NormalizedName, is_safe_filename, normalize
 from synapse_pypi._negotiate import Format, choose_format
-from synapse_pypi._pages import PageService
+from synapse_pypi._pages import PageBudget, PageService
 from synapse_pypi._ranges import RangeNotSatisfiable, content_range, parse_range
 from synapse_pypi._responders import RequestConsumer, Responder
 from synapse_pypi._serve_policy import ServePolicy
@@ -32,13 +33,14 @@ __all__ = ["HttpError", "SimpleResource", "redirect", "send_error"]
 
 logger = logging.getLogger(__name__)
 
-# Rendered project pages kept in memory.
-RENDERED_PAGES = 512
 # The request header a reverse proxy sets to say it serves X-Accel-Redirect answers
 # itself (nginx: `proxy_set_header X-Sendfile-Type X-Accel-Redirect;`, as Rack::Sendfile
 # reads it). Without it the file is sent as usual, so a client that reaches the homeserver
 # another way (the federation listener, say) still gets the bytes.
 SENDFILE_TYPE = b"x-accel-redirect"
+# Pages of more files (or a root of more names) than this are rendered in a thread: the
+# first JSON render of a 200,000-file page took 2.8 s on the reactor.
+THREAD_RENDER_ITEMS = 2000
 
 
 def send_error(request: Any, code: int, reason: str) -> None:
@@ -101,10 +103,16 @@ class SimpleResource(Resource):
         policy: Optional[ServePolicy] = None,
         x_accel_redirect: Optional[str] = None,
         gauge: Any = None,
+        defer_to_thread: Optional[Callable[..., Any]] = None,
+        budget: Optional[PageBudget] = None,
     ):
         super().__init__()
         # Counts requests in flight, which the Matrix queue yields to.
         self._gauge = gauge
+        self._defer_to_thread = defer_to_thread
+        # Rendered pages share the parsed pages' budget (page_cache_size).
+        self._budget = budget if budget is not None else pages.budget
+        self._renders = SingleFlight(yieldable)
         self._clock = clock
         self._trust = trust
         self._policy = policy
@@ -116,7 +124,6 @@ class SimpleResource(Resource):
         self._yieldable = yieldable
         self._ready = True
         self._ready_waiters: List[defer.Deferred[None]] = []
-        self._rendered: dict = {}
 
     def gate_on(self, started: "defer.Deferred[Any]") -> None:
         """Hold requests until `started` fires (the module's start-up work)."""
@@ -192,7 +199,7 @@ class SimpleResource(Resource):
             # A literal "+" in a query string decodes as a space; media types have none.
             fmt_param = fmt_param.replace(" ", "+")
         chosen = choose_format(accept.decode("latin-1") if accept else None, fmt_param)
-        request.setHeader(b"Vary", b"Accept")
+        request.setHeader(b"Vary", b"Accept, Accept-Encoding")
         if chosen is None:
             raise HttpError(
                 http.NOT_ACCEPTABLE,
@@ -201,56 +208,100 @@ class SimpleResource(Resource):
             )
         return chosen
 
-    def _send_page(self, request: Any, body: bytes, content_type: str, cacheable: bool) -> None:
-        etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
+    def _send_page(self, request: Any, page: "_Rendered", content_type: str, cacheable: bool) -> None:
         request.setHeader(b"Content-Type", content_type.encode())
         if cacheable:
             request.setHeader(b"Cache-Control", b"max-age=%d, public" % self._page_max_age)
         else:
             request.setHeader(b"Cache-Control", b"no-cache")
+        if page.serial is not None:
+            # PyPI's header, for mirrors of this mirror (bandersnatch reads it).
+            request.setHeader(b"X-PyPI-Last-Serial", b"%d" % page.serial)
+        # The bytes and their ETag were made once: a 304 or a HEAD costs no rendering.
+        body, etag = page.body, page.etag
+        if page.gzipped is not None and _accepts_gzip(request.getHeader(b"accept-encoding")):
+            # A fifth of the bytes to send for a big page (what PyPI does too); the
+            # representation has its own ETag.
+            body, etag = page.gzipped, page.etag[:-1] + b'-gzip"'
+            request.setHeader(b"Content-Encoding", b"gzip")
         if request.setETag(etag) is http.CACHED:
             request.finish()
             return
-        request.setHeader(b"Content-Length", str(len(body)).encode())
+        request.setHeader(b"Content-Length", b"%d" % len(body))
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
 
     async def _root(self, request: Any) -> None:
         fmt, content_type = self._negotiate(request)
-        names, offline = await self._pages.root()
+        view = await self._pages.root()
+        # Built once per upstream change: the key holds the root list the bytes came from.
+        key = ("rendered", "", fmt, view.offline)
         render = index.render_root_json if fmt is Format.JSON_V1 else index.render_root_html
-        self._send_page(request, render(names), content_type, not offline)
+        rendered = await self._rendered(
+            key, view.root, len(view.root.names), lambda: render(view.root.names, view.root.last_serial),
+            view.root.last_serial,
+        )
+        self._send_page(request, rendered, content_type, not view.offline)
+
+    async def _rendered(
+        self, key: tuple, source: Any, items: int, render: Callable[[], bytes], serial: Optional[int]
+    ) -> "_Rendered":
+        """The rendered bytes kept under `key` if they were made from `source`, else
+        rendered now (once for all concurrent requests; in a thread when big)."""
+        hit = self._budget.get(key)
+        if hit is not None and (hit.source is source or hit.source == source):
+            return hit
+
+        async def make() -> _Rendered:
+            again = self._budget.get(key)
+            if again is not None and (again.source is source or again.source == source):
+                return again
+            if self._defer_to_thread is not None and items > THREAD_RENDER_ITEMS:
+                body, gzipped = await self._defer_to_thread(_render_both, render)
+            else:
+                body, gzipped = _render_both(render)
+            rendered = _Rendered(source, body, _etag(body), serial, gzipped)
+            if key[1] == "":
+                # Once per upstream change and format: say so (the tests count it).
+                logger.info("rendered the root list as %s: %d names, %d bytes", key[2].name, items, len(body))
+            self._budget.put(key, rendered, len(body) + len(gzipped or b""))
+            return rendered
+
+        return await self._renders.run(key, make)
 
     async def _project(self, request: Any, name: str) -> None:
         fmt, content_type = self._negotiate(request)
-        view = await self._pages.project(NormalizedName(name))
+        view = await self._pages.project(NormalizedName(name), wanted=lambda: not _gone(request))
         if self._trust is not None:
             # The rooms' views (read once; no Matrix writes): the page carries the hashes the
             # trust layer agreed on, the ones the files will be served with. Rooms are made
             # when files are served, not for page views.
             await self._trust.view_for_page(name)
         # Rendering is most of a warm page's cost: keep the bytes until the page, the
-        # cache's contents or the trust view change.
-        key = (name, fmt, view.offline)
-        stamp = (id(view.page), self._files.generation, self._trust.project_generation(name) if self._trust else 0)
-        hit = self._rendered.get(key)
-        if hit is not None and hit[0] == stamp:
-            body = hit[1]
+        # cache's contents or the trust view change. The stamp holds the page itself,
+        # so that it stays the page it was made from.
+        key = ("rendered", name, fmt, view.offline)
+        stamp = _Stamp(view.page, self._files.generation, self._trust.project_generation(name) if self._trust else ())
+        render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
+        hit = self._budget.get(key)
+        if hit is not None and hit.source == stamp:
+            rendered = hit
         else:
             page = await self._servable_page(view.page, view.offline)
-            render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
-            body = render(page, lambda f: quote(f.filename))
-            self._rendered[key] = (stamp, body, view.page)  # the page is held so its id stays unique
-            while len(self._rendered) > RENDERED_PAGES:
-                self._rendered.pop(next(iter(self._rendered)))
-        self._send_page(request, body, content_type, not view.offline)
+            rendered = await self._rendered(
+                key, stamp, len(page.files), lambda: render(page, _relative), page.last_serial
+            )
+        self._send_page(request, rendered, content_type, not view.offline)
 
     async def _servable_page(self, page: index.ProjectPage, offline: bool) -> index.ProjectPage:
         """The page as we serve it: sizes we know filled in; core metadata we extracted
         from a cached wheel offered where the upstream offers none; offline, only the
         .metadata files we can really serve advertised (PEP 658 says advertise a file
         only where it is served)."""
+        if page.quarantined:
+            # PEP 792: nothing is offered (the renderers list no file either).
+            return attrs.evolve(page, files=())
         # Only sizes and metadata the upstream left out, and offline pages, need to know
         # what is cached.
         needs_cache = offline or any(
@@ -280,6 +331,10 @@ class SimpleResource(Resource):
 
     async def _file(self, request: Any, name: str, filename: str) -> None:
         view = await self._pages.project(NormalizedName(name))
+        if view.page.quarantined:
+            # PEP 792: a quarantined project's files are not served, cached copies included.
+            why = f": {view.page.status_reason}" if view.page.status_reason else ""
+            raise HttpError(http.NOT_FOUND, f"{filename}: the project {name} is quarantined{why}")
         wanted = await self._wanted(view.page, name, filename)
         first = False
         if self._policy is not None and not filename.endswith(METADATA_SUFFIX):
@@ -369,3 +424,70 @@ class SimpleResource(Resource):
                     return WantedFile(name, filename, "", own, None)
             raise HttpError(http.NOT_FOUND, f"{filename}: the index offers no metadata file for it")
         raise HttpError(http.NOT_FOUND, f"{filename}: no such file in project {name}")
+
+
+def _gone(request: Any) -> bool:
+    # Twisted sets _disconnected when the client's connection is lost.
+    return bool(getattr(request, "_disconnected", False))
+
+
+def _relative(f: index.DistFile) -> str:
+    # Relative to /simple/<project>/, so that a reverse proxy in front changes nothing.
+    return quote(f.filename)
+
+
+# Pages smaller than this go out as they are: compressing them saves nothing worth it.
+GZIP_FROM_BYTES = 16 * 1024
+
+
+def _render_both(render: Callable[[], bytes]) -> tuple:
+    """The rendered page and, when it is big enough to be worth it, its gzip form (zlib
+    releases the GIL while it works, so this runs in a thread as well as anywhere)."""
+    body = render()
+    return body, (gzip.compress(body, 6, mtime=0) if len(body) >= GZIP_FROM_BYTES else None)
+
+
+def _accepts_gzip(header: Optional[bytes]) -> bool:
+    """Whether an Accept-Encoding header accepts gzip (RFC 9110: a q of 0 refuses it)."""
+    if not header:
+        return False
+    for part in header.decode("latin-1").lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            q = params.strip()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.", "0.0", "0.00", "0.000"))
+    return False
+
+
+def _etag(body: bytes) -> bytes:
+    return b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
+
+
+@attrs.frozen(eq=False)
+class _Stamp:
+    """What a rendered project page was made from; equal when all of it is the same."""
+
+    page: index.ProjectPage
+    cache_generation: int
+    trust_generation: Tuple[int, ...]
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Stamp)
+            and other.page is self.page
+            and (other.cache_generation, other.trust_generation) == (self.cache_generation, self.trust_generation)
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.page), self.cache_generation, self.trust_generation))
+
+
+@attrs.frozen(eq=False)
+class _Rendered:
+    """A page's bytes as sent, with their ETag, and what they were rendered from."""
+
+    source: Any
+    body: bytes
+    etag: bytes
+    serial: Optional[int]
+    gzipped: Optional[bytes] = None

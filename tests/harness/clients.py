@@ -1,15 +1,28 @@
-"""Real pip and uv, run against an index URL into throwaway virtual environments.
+"""Real clients (pip, uv, poetry, pdm, pip-compile), run against an index URL into
+throwaway virtual environments.
 
-Nothing from this machine's configuration may leak into a test: this machine's pip config
-adds extra indexes, find-links and a constraints file. `pip --isolated` ignores environment
-variables and the *user* config file but still reads the global ones (/etc/pip.conf,
-/etc/xdg/pip/pip.conf), so PIP_CONFIG_FILE is also set to os.devnull, which makes pip skip
-every config file. uv gets `--no-config`, `UV_NO_CONFIG=1` and no inherited UV_* variables.
+The versions the tests run are named here, in `CLIENTS`, and nowhere else. Each client is
+installed from the package index (with the machine's own installer configuration) into a
+venv of its own under a cache directory that outlives the test run
+(`$SYNAPSE_PYPI_CLIENT_CACHE`, default `~/.cache/synapse-pypi/clients`), once per Python,
+so a CI run pays for the installs only the first time. No test uses the pip or uv of the
+test environment itself: which pip the README's `python3 -m venv` gives depends on the
+machine (Debian 12's is 23.0.1).
+
+Nothing from this machine's configuration may leak into a client run: this machine's pip
+config adds extra indexes, find-links and a constraints file. `pip --isolated` ignores
+environment variables and the *user* config file but still reads the global ones
+(/etc/pip.conf, /etc/xdg/pip/pip.conf), so PIP_CONFIG_FILE is also set to os.devnull, which
+makes pip skip every config file. uv gets `--no-config`, `UV_NO_CONFIG=1` and no inherited
+UV_* variables; poetry and pdm get their own empty config, cache and data directories.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,24 +31,48 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 __all__ = [
+    "CLIENTS",
     "ClientError",
+    "PIP",
+    "UV",
+    "tool_python",
     "installed_version",
     "make_venv",
     "pip_install",
     "run_client",
+    "tool_bin",
     "uv_bin",
     "uv_install",
 ]
 
 DEFAULT_TIMEOUT = 180.0
 
+# Every client version the tests run, in one place: tool name -> requirements of its venv.
+# Bump the "newest" ones by hand. pip 22.3 is the oldest with `--python`; 23.0.1 is
+# Debian 12's; 24.0 is Ubuntu 24.04's. uv 0.9.14 is about a year older than the newest.
+CLIENTS: dict[str, tuple[str, ...]] = {
+    "pip-22.3": ("pip==22.3",),
+    "pip-23.0.1": ("pip==23.0.1",),
+    "pip-24.0": ("pip==24.0",),
+    "pip-26.3": ("pip==26.3",),
+    "uv-0.9.14": ("uv==0.9.14",),
+    "uv-0.13.9": ("uv==0.13.9",),
+    "poetry-2.5.1": ("poetry==2.5.1",),
+    # pdm 2.29.4 breaks with hishel 2 (AttributeError: ... SyncSqliteStorage).
+    "pdm-2.29.4": ("pdm==2.29.4", "hishel[httpx2]>=1.4,<2"),
+    "pip-tools-7.6.2": ("pip-tools==7.6.2",),
+}
+# What tests use when they do not test a client version on purpose.
+PIP = "pip-26.3"
+UV = "uv-0.13.9"
+
 
 class ClientError(AssertionError):
     """A client run that was expected to succeed failed; the message has its output."""
 
 
-def uv_bin() -> str:
-    """The uv executable installed alongside the test dependencies."""
+def _installer_uv() -> str:
+    """The uv that installs the clients (and makes empty venvs); never a client under test."""
     try:
         from uv import find_uv_bin
 
@@ -45,6 +82,66 @@ def uv_bin() -> str:
         if candidate.exists():
             return str(candidate)
         raise
+
+
+def _cache_root() -> Path:
+    configured = os.environ.get("SYNAPSE_PYPI_CLIENT_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "synapse-pypi" / "clients"
+
+
+def tool_env(tool: str) -> Path:
+    """The venv of `tool` (a key of `CLIENTS`), installed on first use and kept.
+
+    Several test processes may ask at once: the first builds it under a lock, the others
+    wait for it; a venv left half-built by a killed run is built again.
+    """
+    requirements = CLIENTS[tool]
+    # A venv belongs to one interpreter: key it by the interpreter and the requirements.
+    key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{sys.version}\0{requirements}".encode()).hexdigest()[:12]
+    root = _cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    venv = root / f"{tool}-py{sys.version_info[0]}{sys.version_info[1]}-{key}"
+    ready = venv / ".ready"
+    if ready.exists():
+        return venv
+    with open(root / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until the with block closes the file
+        if ready.exists():
+            return venv
+        shutil.rmtree(venv, ignore_errors=True)
+        uv = _installer_uv()
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        env["UV_PYTHON_DOWNLOADS"] = "never"
+        for cmd in (
+            [uv, "venv", "--python", sys.executable, "--quiet", str(venv)],
+            [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *requirements],
+        ):
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=600)
+            if proc.returncode != 0:
+                raise ClientError(f"could not install {tool} for the tests:\n{describe(proc)}")
+        ready.write_text(" ".join(requirements) + "\n")
+    return venv
+
+
+def tool_bin(tool: str, name: str) -> str:
+    """An executable of `tool`'s venv, e.g. tool_bin("poetry-2.5.1", "poetry")."""
+    path = tool_env(tool) / "bin" / name
+    if not path.exists():
+        raise ClientError(f"{tool} has no {name} in {path.parent}")
+    return str(path)
+
+
+def tool_python(tool: str) -> str:
+    """The python of `tool`'s venv (to run `python -m pip` of a given pip)."""
+    return tool_bin(tool, "python")
+
+
+def uv_bin(tool: str = UV) -> str:
+    """The uv executable of a uv client version (default: the newest)."""
+    return tool_bin(tool, "uv")
 
 
 def _clean_env(extra: Mapping[str, str] | None = None) -> dict:
@@ -62,7 +159,12 @@ def _clean_env(extra: Mapping[str, str] | None = None) -> dict:
 
 
 def run_client(
-    cmd: list, *, timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None, check: bool = False
+    cmd: list,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    check: bool = False,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
     """Run a client command with a clean environment, output captured as text.
 
@@ -77,6 +179,7 @@ def run_client(
             text=True,
             timeout=timeout,
             env=_clean_env(env),
+            cwd=cwd,
             check=False,  # the caller (or `check` below) judges the exit code
         )
     except subprocess.TimeoutExpired as e:
@@ -103,7 +206,9 @@ def make_venv(path: Path) -> Path:
     `uv venv` takes about 0.1 s; pip installs into it from outside with `pip --python`.
     """
     path = Path(path)
-    run_client([uv_bin(), "venv", "--no-config", "--python", sys.executable, "--quiet", path], check=True, timeout=60)
+    run_client(
+        [_installer_uv(), "venv", "--no-config", "--python", sys.executable, "--quiet", path], check=True, timeout=60
+    )
     python = path / "bin" / "python"
     if not python.exists():
         raise ClientError(f"uv venv did not create {python}")
@@ -117,14 +222,16 @@ def pip_install(
     extra_args: Iterable[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
     check: bool = False,
+    pip: str = PIP,
 ) -> subprocess.CompletedProcess:
-    """`pip install` with the test venv's pip into the environment of `python`.
+    """`pip install` with a given pip (a key of `CLIENTS`) into the environment of `python`.
 
-    pip 23.2 supports `--python` (since 22.3): the outer pip installs into the target.
-    The result's `.returncode`, `.stdout`, `.stderr` and `.seconds` are for assertions.
+    Every pip in `CLIENTS` has `--python` (since 22.3): the outer pip installs into the
+    target. The result's `.returncode`, `.stdout`, `.stderr` and `.seconds` are for
+    assertions.
     """
     cmd = [
-        sys.executable,
+        tool_python(pip),
         "-m",
         "pip",
         "--python",
@@ -152,10 +259,12 @@ def uv_install(
     timeout: float = DEFAULT_TIMEOUT,
     env: Mapping[str, str] | None = None,
     check: bool = False,
+    uv: str = UV,
 ) -> subprocess.CompletedProcess:
-    """`uv pip install` into the environment of `python`, with no config and no cache."""
+    """`uv pip install` (uv a key of `CLIENTS`) into the environment of `python`, with no
+    config and no cache."""
     cmd = [
-        uv_bin(),
+        uv_bin(uv),
         "pip",
         "install",
         "--python",

@@ -4,7 +4,7 @@
     python upstream_server.py --root DIR --port 0 --port-file FILE [--formats json,html]
                               [--relative-urls]
 
-Serves a PEP 503 (HTML) / PEP 691 (JSON, api-version 1.1) simple index of the tree
+Serves a PEP 503 (HTML) / PEP 691 (JSON, api-version 1.1 or 1.4) simple index of the tree
 `DIR/<normalized project>/<files>`, read again on every request so a test can add files
 while the server runs. Sidecar files next to a distribution file change what is listed:
 
@@ -12,6 +12,18 @@ while the server runs. Sidecar files next to a distribution file change what is 
                        into the page)
     <file>.yanked      PEP 592: yanked, the content is the reason (may be empty)
     <file>.provenance  PEP 740: served at <file URL>.provenance and linked from the page
+
+and next to the projects:
+
+    <project>/.status  PEP 792: the first line is the project status, the rest its reason
+                       (the page then says api-version 1.4)
+    <project>/.serial  PyPI's last serial of the project (JSON meta._last-serial, HTML
+                       <!--SERIAL n-->, header X-PyPI-Last-Serial)
+    .serial            the same for the root list
+    <project>/.page.json, <project>/.page.html, .page.json, .page.html
+                       served as they are instead of the generated project page (or root
+                       list), in the format the client negotiated (a huge or junk page
+                       without a tree behind it)
 
 Routes:
     GET /simple/                      project list (JSON or HTML by Accept, PEP 691)
@@ -74,6 +86,7 @@ JSON_LATEST = "application/vnd.pypi.simple.latest+json"
 HTML_LATEST = "application/vnd.pypi.simple.latest+html"
 TEXT_HTML = "text/html"
 API_VERSION = "1.1"
+STATUS_API_VERSION = "1.4"  # PEP 792
 
 SIDECAR_SUFFIXES = (".metadata", ".yanked", ".provenance")
 FAULT_KINDS = ("status", "timeout", "reset", "truncate", "malformed", "wrong-bytes", "slow", "replace")
@@ -221,9 +234,9 @@ class State:
                         "%Y-%m-%dT%H:%M:%S.%fZ"
                     ),
                     "yanked": yanked,
+                    # PEP 714: JSON carries only the new key (pips 22.3-23.1 fail on the
+                    # old one); HTML carries both attributes.
                     "core-metadata": core_metadata,
-                    # PEP 714: the old key too, for clients that only know PEP 691's name.
-                    "dist-info-metadata": core_metadata,
                     "provenance": url + ".provenance" if os.path.exists(path + ".provenance") else None,
                 }
             )
@@ -253,6 +266,34 @@ def _read_requires_python(path: str) -> str | None:
         return None
     value = email.parser.BytesHeaderParser().parsebytes(raw).get("Requires-Python")
     return str(value).strip() if value else None
+
+
+def _read_serial(path: str) -> int | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_status(project_dir: str) -> tuple[str, str | None] | None:
+    try:
+        with open(os.path.join(project_dir, ".status"), encoding="utf-8") as f:
+            status, _, reason = f.read().partition("\n")
+    except OSError:
+        return None
+    return status.strip(), reason.strip() or None
+
+
+def _meta(version: str, serial: int | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"api-version": version}
+    if serial is not None:
+        meta["_last-serial"] = serial
+    return meta
+
+
+def _serial_comment(serial: int | None) -> str:
+    return "" if serial is None else f"<!--SERIAL {serial}-->\n"
 
 
 def _version_of(filename: str) -> str | None:
@@ -312,28 +353,42 @@ def negotiate(accept: str | None, formats: list[str]) -> str | None:
     return {JSON_LATEST: JSON_V1, HTML_LATEST: HTML_V1}.get(chosen, chosen)
 
 
-def render_index(state: State, ctype: str) -> bytes:
+def render_index(state: State, ctype: str, serial: int | None = None) -> bytes:
     projects = state.projects()
     if ctype == JSON_V1:
-        return json.dumps({"meta": {"api-version": API_VERSION}, "projects": [{"name": p} for p in projects]}).encode()
+        return json.dumps({"meta": _meta(API_VERSION, serial), "projects": [{"name": p} for p in projects]}).encode()
     links = "".join(f'    <a href="/simple/{quote(p)}/">{html.escape(p)}</a>\n' for p in projects)
     return (
         "<!DOCTYPE html>\n<html>\n  <head>\n"
         f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n'
         "    <title>Simple index</title>\n  </head>\n  <body>\n"
-        f"{links}  </body>\n</html>\n"
+        f"{links}  </body>\n</html>\n{_serial_comment(serial)}"
     ).encode()
 
 
-def render_project(project: str, files: list[dict[str, Any]], ctype: str) -> bytes:
+def render_project(
+    project: str,
+    files: list[dict[str, Any]],
+    ctype: str,
+    serial: int | None = None,
+    status: tuple[str, str | None] | None = None,
+) -> bytes:
+    version = STATUS_API_VERSION if status else API_VERSION
     if ctype == JSON_V1:
         versions = sorted({v for v in (_version_of(f["filename"]) for f in files) if v})
-        return json.dumps(
-            {"meta": {"api-version": API_VERSION}, "name": project, "versions": versions, "files": files}
-        ).encode()
+        document: dict[str, Any] = {"meta": _meta(version, serial), "name": project, "versions": versions, "files": files}
+        if status:
+            document["project-status"] = {"status": status[0], **({"reason": status[1]} if status[1] else {})}
+        return json.dumps(document).encode()
     out = [
         "<!DOCTYPE html>\n<html>\n  <head>\n",
-        f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n',
+        f'    <meta name="pypi:repository-version" content="{version}">\n',
+    ]
+    if status:
+        out.append(f'    <meta name="pypi:project-status" content="{html.escape(status[0])}">\n')
+        if status[1]:
+            out.append(f'    <meta name="pypi:project-status-reason" content="{html.escape(status[1])}">\n')
+    out += [
         f"    <title>Links for {html.escape(project)}</title>\n  </head>\n  <body>\n",
         f"    <h1>Links for {html.escape(project)}</h1>\n",
     ]
@@ -353,6 +408,7 @@ def render_project(project: str, files: list[dict[str, Any]], ctype: str) -> byt
             attrs.append(f'data-provenance="{html.escape(f["provenance"])}"')
         out.append(f"    <a {' '.join(attrs)}>{html.escape(f['filename'])}</a><br />\n")
     out.append("  </body>\n</html>\n")
+    out.append(_serial_comment(serial))
     return "".join(out).encode()
 
 
@@ -526,20 +582,52 @@ class Handler(BaseHTTPRequestHandler):
             self._simple(406, f"not acceptable; this index serves: {offered}\n".encode(), vary=True)
             return
         if project is None:
-            body = render_index(self.state, ctype)
+            serial = _read_serial(os.path.join(self.state.root, ".serial"))
+            verbatim = self._verbatim_page(self.state.root, ctype)
+            if verbatim is not None:
+                ctype, path = verbatim
+                with open(path, "rb") as f:
+                    body = f.read()
+            else:
+                body = render_index(self.state, ctype, serial)
             mtime = os.stat(self.state.root).st_mtime
         else:
-            files, mtime = self.state.project_files(project)
-            body = render_project(project, files, ctype)
+            pdir = os.path.join(self.state.root, project)
+            serial = _read_serial(os.path.join(pdir, ".serial"))
+            verbatim = self._verbatim_page(pdir, ctype)
+            if verbatim is not None:
+                ctype, path = verbatim
+                with open(path, "rb") as f:
+                    body = f.read()
+                mtime = os.stat(path).st_mtime
+            else:
+                files, mtime = self.state.project_files(project)
+                body = render_project(project, files, ctype, serial, _read_status(pdir))
         if fault and fault["kind"] == "malformed":
             body = base64.b64decode(fault["body_b64"]) if "body_b64" in fault else _garbage(ctype)
         full_ctype = ctype + ("; charset=utf-8" if ctype == TEXT_HTML else "")
         etag = '"' + hashlib.sha256(ctype.encode() + b"\0" + body).hexdigest()[:32] + '"'
         headers = {"Content-Type": full_ctype, "ETag": etag, "Last-Modified": _http_date(mtime), "Vary": "Accept"}
+        if serial is not None:
+            headers["X-PyPI-Last-Serial"] = str(serial)
         if self._not_modified(etag, mtime):
             self._send_304(headers)
             return
         self._send(200, headers, len(body), [body], head, fault)
+
+    def _verbatim_page(self, pdir: str, ctype: str) -> tuple[str, str] | None:
+        """(content type, path) of a stored page to serve as it is: the negotiated format's,
+        else the other one's if the client accepts that format too."""
+        for fmt, kind in (("json", JSON_V1), ("html", HTML_V1)):
+            path = os.path.join(pdir, f".page.{fmt}")
+            if not os.path.exists(path):
+                continue
+            if kind == ctype or (ctype == TEXT_HTML and kind == HTML_V1):
+                return ctype, path
+            other = negotiate(self.headers.get("Accept"), [fmt])
+            if other is not None:
+                return other, path
+        return None
 
     def _file(self, path: str, head: bool, fault: dict[str, Any] | None) -> None:
         local = self._local_file(path)

@@ -28,7 +28,8 @@ def mirror(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         hs = SynapseServer(
             base / "hs",
             db=kind,
-            module_config={"upstream_url": upstream.url, "upstream_timeout": UPSTREAM_TIMEOUT},
+            # A short retry interval: tests see a remembered failure end within a second.
+            module_config={"upstream_url": upstream.url, "upstream_timeout": UPSTREAM_TIMEOUT, "upstream_retry_interval": "1s"},
         )
         hs.start()
         yield Mirror(upstream, hs, root)

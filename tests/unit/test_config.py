@@ -17,6 +17,7 @@ def test_full_config_parses_to_expected_object():
             "upstream_timeout": "2s",
             "upstream_retry_interval": "1m",
             "max_page_size": "1M",
+            "page_cache_size": "64M",
             "max_cache_size": "3G",
         }
     )
@@ -27,6 +28,7 @@ def test_full_config_parses_to_expected_object():
         upstream_timeout_s=2.0,
         upstream_retry_ms=60_000,
         max_page_size=1024**2,
+        page_cache_size=64 * 1024**2,
         max_cache_size=3 * 1024**3,
         signing_key_path="/var/lib/x/attestation_signing.key",
     )
@@ -41,6 +43,7 @@ def test_defaults():
     assert got.max_page_size == 64 * 1024**2
     assert got.min_free_space == 100 * 1024**2
     assert got.x_accel_redirect is None
+    assert got.page_cache_size == 512 * 1024**2
 
 
 def test_disk_and_offload_options():
@@ -82,6 +85,8 @@ def test_config_is_frozen():
         ({"upstream_timeout": "200ms x"}, "upstream_timeout", "duration"),
         ({"upstream_retry_interval": "soon"}, "upstream_retry_interval", "duration"),
         ({"upstream_retry_interval": -1}, "upstream_retry_interval", "negative"),
+        ({"page_cache_size": "100K"}, "page_cache_size", "at least 1M"),
+        ({"page_cache_size": "lots"}, "page_cache_size", "page_cache_size"),
         ({"max_cache_size": "lots"}, "max_cache_size", "size"),
         ({"max_cache_size": -5}, "max_cache_size", "negative"),
         ({"max_page_size": "12"}, "max_page_size", "at least 1K"),
