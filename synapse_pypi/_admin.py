@@ -87,6 +87,19 @@ class AdminResource(DirectServeJsonResource):
                 "flagged": await self._store.flagged(project),
                 **(self._trust.moderation.counters() if self._trust else {}),
             }
+        if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "bans":
+            if self._trust is None:
+                raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
+            project = self._project(path[2])
+            pt = await self._trust.view_for_serve(project)
+            return 200, {"project": project, "bans": self._trust.bans(pt)}
+        if path == ("v1", "bans"):
+            if self._trust is None:
+                raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
+            return 200, {"bans": [
+                {"project": name, **ban} for name, pt in sorted(self._trust.known_rooms.items())
+                for ban in self._trust.bans(pt)
+            ]}
         if path == ("v1", "trust"):
             if self._trust is None:
                 raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
@@ -183,6 +196,10 @@ class AdminResource(DirectServeJsonResource):
         path = self._path(request)
         if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "reverify":
             return 200, await self._reverify(self._project(path[2]))
+        if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "bans":
+            from synapse.module_api import parse_json_object_from_request
+
+            return 200, await self._ban(self._project(path[2]), parse_json_object_from_request(request), user_id)
         if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "room":
             if self._trust is None:
                 raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
@@ -195,6 +212,29 @@ class AdminResource(DirectServeJsonResource):
             body = parse_json_object_from_request(request)
             return 200, await self._teach(body, user_id)
         raise SynapseError(404, "Unknown admin endpoint", "M_UNRECOGNIZED")
+
+    async def _ban(self, project: str, body: Dict[str, Any], user_id: str) -> Dict[str, Any]:
+        """`{"target": <file name | version | project>, "reason": ..., "unban": false}`: our
+        bot's signed ban (or the lifting of its own), published through the Matrix queue."""
+        from synapse_pypi.trust._bans import resolve_target
+
+        if self._trust is None:
+            raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
+        target, reason, unban = body.get("target"), body.get("reason"), body.get("unban", False)
+        if not isinstance(target, str) or not isinstance(unban, bool):
+            raise _bad("'target' (a file name, a version or the project) is required; 'unban' is true or false")
+        if not unban and (not isinstance(reason, str) or not reason.strip()):
+            raise _bad("a ban needs a 'reason'")
+        resolved = resolve_target(project, target)
+        if isinstance(resolved, str):
+            raise _bad(resolved)
+        kind, entity = resolved
+        why = f"{(reason or 'lifted').strip()} (asked by {user_id})"
+        (self._trust.unban if unban else self._trust.ban)(project, kind, entity, why, "admin")
+        await self._trust.queue.drain()
+        pt = await self._trust.view_for_serve(project)
+        logger.info("admin %s %s %s %s of %s", user_id, "unbanned" if unban else "banned", kind, entity, project)
+        return {"project": project, "kind": kind, "entity": entity, "bans": self._trust.bans(pt)}
 
     async def _file_status(self, sha256: str) -> Dict[str, Any]:
         if not SHA256_RE.match(sha256):

@@ -82,6 +82,8 @@ class PyPIConfig:
     # Peer room lookups that project page views may start, per minute (file requests always
     # ask the peers).
     peer_lookup_rate: int = 120
+    # Projects whose files the upstream stops listing are kept (and served) rather than banned.
+    keep_removed_files: Tuple[str, ...] = ()
     # The serve policy: independent sources a side of a disagreement needs to win on its own.
     corroboration: int = 2
     # How long CIDs learnt from others' attestations are tried, all together, before the
@@ -113,6 +115,7 @@ KNOWN_KEYS = frozenset(
         "peer_retry_interval",
         "peer_lookup_rate",
         "corroboration",
+        "keep_removed_files",
         "cid_hint_timeout",
         "matrix_quiet",
         "matrix_max_delay",
@@ -422,6 +425,16 @@ def _parse_trust(config: Mapping[str, Any]) -> dict:
     ):
         if key in config:
             out[field] = parse_positive_duration_ms(config[key], key) / 1000
+    if "keep_removed_files" in config:
+        from synapse_pypi._names import InvalidName, normalize  # noqa: PLC0415
+
+        value = config["keep_removed_files"]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError("'keep_removed_files' must be a list of project names", path=("keep_removed_files",))
+        try:
+            out["keep_removed_files"] = tuple(sorted({normalize(v) for v in value}))
+        except InvalidName as e:
+            raise ConfigError(f"'keep_removed_files': {e}", path=("keep_removed_files",))
     if "matrix_quiet" in config:
         out["matrix_quiet_s"] = parse_duration_ms(config["matrix_quiet"], "matrix_quiet") / 1000
     for key, low, high in (("corroboration", 1, 100), ("room_creation_rate", 1, 1_000_000),

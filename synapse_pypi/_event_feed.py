@@ -15,11 +15,13 @@ from synapse_pypi._publisher import Publisher
 from synapse_pypi._rooms import Rooms, to_room_event
 from synapse_pypi._store import Store
 from synapse_pypi.trust import ATTESTATION_TYPE, KEY_TYPE, Changes, Record, RoomEvent, RoomView, Verdict
+from synapse_pypi.trust._bans import POLICY_TYPE
 from synapse_pypi.trust._fold import CREATE, MEMBER, POWER_LEVELS, REDACTION
 
 logger = logging.getLogger(__name__)
 
-_FOLDED = frozenset({ATTESTATION_TYPE, KEY_TYPE, POWER_LEVELS, CREATE, MEMBER})
+_FOLDED = frozenset({ATTESTATION_TYPE, KEY_TYPE, POWER_LEVELS, CREATE, MEMBER, POLICY_TYPE})
+MESSAGE = "m.room.message"
 
 
 class EventFeed:
@@ -34,6 +36,7 @@ class EventFeed:
         bot: the bot's mxid.
         on_vouch_lost: called with a project when a vouch goes away.
         check_files: judges files of a project whose claims changed (in the background).
+        command: handles a `!pypi` command in one of our rooms (sender, text, event id).
     """
 
     def __init__(
@@ -46,7 +49,9 @@ class EventFeed:
         bot: str,
         on_vouch_lost: Callable[[str], None],
         check_files: Callable[[str, List[str]], Awaitable[None]],
+        command: Callable[[str, RoomView, Any], None],
     ):
+        self._command = command
         self._api = api
         self._store = store
         self._rooms = rooms
@@ -76,6 +81,10 @@ class EventFeed:
             if not isinstance(target, str) or room.event_for(target) is None:
                 return
             self._run_background("synapse_pypi_redaction", self._redaction, project, room, event, target)
+            return
+        if etype == MESSAGE and owner is not None and owner[1] == "" and event.sender != self._bot:
+            # A moderator's command to the bot, in one of our own rooms only.
+            self._command(project, room, event)
             return
         if not event.is_state() or etype not in _FOLDED:
             return
@@ -117,6 +126,9 @@ class EventFeed:
     def _react(self, project: str, room: RoomView, changes: Changes, redacted_by: Optional[str] = None) -> None:
         if not changes:
             return
+        if any(r.policy is not None for r in changes.new + changes.lost):
+            # A ban came or went: pages are rendered again, files decided again.
+            self._on_vouch_lost(project)
         if changes.lost:
             self._on_vouch_lost(project)
             if redacted_by is None:
@@ -125,17 +137,20 @@ class EventFeed:
                 for rec in changes.lost:
                     self._moderation.redaction_changed(project, room, rec, redacted_by)
         new_valid: List[Record] = []
+        kept: List[Record] = []
         for rec in changes.new:
             if rec.sender == self._bot:
                 continue
             if rec.valid:
-                new_valid.append(rec)
+                kept.append(rec)
+                if rec.policy is None:
+                    new_valid.append(rec)
             elif rec.verdict is not Verdict.REDACTED:
                 self._moderation.report(project, room, rec)
                 if rec.publisher == self._bot:
                     self._publisher.restore(project, room, rec.filename)
+        if kept:
+            self._rooms.keep(room, [e for e in (room.event_for(r.event_id) for r in kept) if e is not None])
         if new_valid:
-            events = [e for e in (room.event_for(r.event_id) for r in new_valid) if e is not None]
-            self._rooms.keep(room, events)
             files = sorted({r.filename for r in new_valid})
             self._run_background("synapse_pypi_check_attestation", self._check_files, project, files)

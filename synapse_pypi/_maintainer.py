@@ -48,6 +48,7 @@ from synapse_pypi.trust import (
     Attestation,
     KeyFileError,
     KeyFormatError,
+    Policy,
     RoomEvent,
     RoomView,
     Rules,
@@ -81,6 +82,7 @@ __all__ = [
     "judge_file",
     "judge_pin",
     "keygen",
+    "parse_pylock",
     "parse_requirements",
     "parse_trusted_key",
     "fold_room",
@@ -667,6 +669,7 @@ class Status(enum.Enum):
     VERIFIED = "verified"
     UNKNOWN = "unknown"
     CONTRADICTED = "contradicted"
+    BANNED = "banned"
 
 
 @attrs.frozen
@@ -814,6 +817,7 @@ class RoomAttestations:
         valid: every valid attestation for this project.
         skipped: how many attestation events did not count (redacted, invalid, untrusted key).
         refused: why the room was not read, when it was not (say, the mirror's bot did not make it).
+        bans: the valid bans in the room (mirrors that trust it serve none of what they name).
     """
 
     project: str
@@ -822,6 +826,13 @@ class RoomAttestations:
     valid: tuple[Attestation, ...]
     skipped: int
     refused: str = ""
+    bans: tuple[Policy, ...] = ()
+
+    def ban_for(self, filename: str | None, version: str | None) -> Policy | None:
+        for ban in self.bans:
+            if ban.kind == "project" or ban.covers(filename or "", version):
+                return ban
+        return None
 
     def for_file(self, filename: str) -> list[Attestation]:
         return [a for a in self.valid if a.filename == filename]
@@ -856,7 +867,8 @@ def read_room(
     valid = sorted((r.attestation for r in records if r.valid and r.attestation is not None),
                    key=lambda a: (a.filename, a.publisher))
     skipped = len(records) - len(valid) + len(view.intruders())
-    return RoomAttestations(project, alias, room_id, tuple(valid), skipped)
+    bans = tuple(r.policy for r in view.policies() if r.valid and r.policy is not None and r.policy.recommendation == "ban")
+    return RoomAttestations(project, alias, room_id, tuple(valid), skipped, bans=bans)
 
 
 def fold_room(
@@ -879,6 +891,13 @@ def judge_file(filename: str, sha256: str, room: RoomAttestations) -> Finding:
     * verified: a valid attestation for this file name says this sha256;
     * unknown: no valid attestation for this file name.
     """
+    try:
+        version: str | None = dist_name(filename).version
+    except MaintainerError:
+        version = None
+    ban = room.ban_for(filename, version)
+    if ban is not None:
+        return Finding(Status.BANNED, filename, sha256, _banned(ban))
     atts = room.for_file(filename)
     agree = [a for a in atts if a.sha256 == sha256]
     differ = [a for a in atts if a.sha256 != sha256]
@@ -906,6 +925,9 @@ def judge_pin(req: PinnedRequirement, sha256: str, room: RoomAttestations) -> Fi
     """
     subject = f"{req.name}=={req.version}" if req.version else req.text
     matching = [a for a in room.valid if a.sha256 == sha256]
+    for ban in [room.ban_for(None, req.version)] + [room.ban_for(a.filename, a.version) for a in matching]:
+        if ban is not None:
+            return Finding(Status.BANNED, subject, sha256, _banned(ban))
     if matching:
         disputed = [a for m in matching for a in room.for_file(m.filename) if a.sha256 != sha256]
         if disputed:
@@ -918,6 +940,10 @@ def judge_pin(req: PinnedRequirement, sha256: str, room: RoomAttestations) -> Fi
         files = "; ".join(f"{a.filename} is {a.sha256} ({a.publisher})" for a in same_release)
         return Finding(Status.CONTRADICTED, subject, sha256, f"no pinned hash is attested: {files}")
     return Finding(Status.UNKNOWN, subject, sha256, _nothing_here(room, "with this sha256"))
+
+
+def _banned(ban: Policy) -> str:
+    return f"{ban.kind} {ban.entity} banned: {ban.reason} (by {ban.publisher}, source: {ban.source})"
 
 
 def _same_version(a: str, b: str) -> bool:
@@ -935,10 +961,54 @@ def _nothing_here(room: RoomAttestations, what: str) -> str:
     return f"no valid attestation {what} in {room.alias}"
 
 
+@attrs.frozen
+class LockedFile:
+    """One file of a PEP 751 lock file (``pylock.toml``)."""
+
+    project: NormalizedName
+    filename: str
+    sha256: str
+
+
+def parse_pylock(text: str, source: str = "pylock.toml") -> list[LockedFile]:
+    """Every wheel and sdist a PEP 751 lock file names, with its sha256.
+
+    Raises:
+        RequirementsError: not TOML, not a lock file, or a file without a sha256.
+    """
+    import tomllib
+
+    try:
+        lock = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RequirementsError(f"{source}: not TOML: {e}") from None
+    packages = lock.get("packages")
+    if not isinstance(lock.get("lock-version"), str) or not isinstance(packages, list):
+        raise RequirementsError(f"{source}: not a PEP 751 lock file (no lock-version and [[packages]])")
+    out = []
+    for i, package in enumerate(packages):
+        if not isinstance(package, dict) or not isinstance(package.get("name"), str):
+            raise RequirementsError(f"{source}: packages[{i}] has no name")
+        project = NormalizedName(canonicalize_name(package["name"]))
+        files = list(package.get("wheels") or [])
+        if isinstance(package.get("sdist"), dict):
+            files.append(package["sdist"])
+        for f in files:
+            name = f.get("name") if isinstance(f, dict) else None
+            if not isinstance(name, str) and isinstance(f, dict) and isinstance(f.get("url"), str):
+                name = urllib.parse.unquote(f["url"].rsplit("/", 1)[-1].split("#")[0])
+            sha = (f.get("hashes") or {}).get("sha256") if isinstance(f, dict) else None
+            if not isinstance(name, str) or not isinstance(sha, str) or not _SHA256.fullmatch(sha.lower()):
+                raise RequirementsError(f"{source}: a file of {project} has no name or no sha256")
+            out.append(LockedFile(project, name, sha.lower()))
+    return out
+
+
 def verify(
     paths: Sequence[str],
     requirements: Sequence[str],
     *,
+    pylocks: Sequence[str] = (),
     homeserver: Homeserver,
     server_name: str | None = None,
     room_prefix: str = DEFAULT_ROOM_PREFIX,
@@ -972,19 +1042,15 @@ def verify(
         MaintainerError: a file or requirements file that cannot be read, a file name that
             is not a distribution's, or a homeserver that refuses or cannot be reached.
     """
-    if not paths and not requirements:
-        raise MaintainerError("nothing to verify: give distribution files or -r requirements.txt")
+    if not paths and not requirements and not pylocks:
+        raise MaintainerError("nothing to verify: give distribution files, -r requirements.txt or a pylock.toml")
     names = [dist_name(p) for p in paths]
     reqs: list[PinnedRequirement] = []
     for source in requirements:
-        try:
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise MaintainerError(f"{source}: no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise MaintainerError(f"{source}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
-        reqs.extend(parse_requirements(text, source))
+        reqs.extend(parse_requirements(_read_text(source), source))
+    locked: list[LockedFile] = []
+    for source in pylocks:
+        locked.extend(parse_pylock(_read_text(source), source))
     digests = hash_files(paths, err, show_progress)
 
     pinned: dict[str, dict[str, VerifyKey]] = {}
@@ -1003,6 +1069,9 @@ def verify(
     for name, digest in zip(names, digests):
         findings.append(judge_file(name.filename, digest.sha256, room_for(name.project)))
         print(findings[-1].line(), file=out)
+    for lf in locked:
+        findings.append(judge_file(lf.filename, lf.sha256, room_for(lf.project)))
+        print(findings[-1].line(), file=out)
     for req in reqs:
         if not req.hashes:
             print(f"skipped      {req.text}  (line {req.line}: no --hash=sha256 pin)", file=out)
@@ -1014,6 +1083,16 @@ def verify(
     counts = {s: sum(1 for f in findings if f.status is s) for s in Status}
     print(", ".join(f"{counts[s]} {s.value}" for s in Status), file=out)
     return findings
+
+
+def _read_text(source: str) -> str:
+    try:
+        with open(source, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise MaintainerError(f"{source}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MaintainerError(f"{source}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _read_project_room(

@@ -210,10 +210,18 @@ class Moderation:
             logger.warning("could not redact %s in %s: %s", event_id, room.room_id, e)
             return False
 
-    async def send_notice(self, room: RoomView, text: str, mentions: Tuple[str, ...] = ()) -> None:
+    def reply(self, project: str, room: RoomView, event_id: str, text: str) -> None:
+        """Answer a message in the room (a moderator's command), through the queue."""
+        self._queue.submit(project, ("reply", event_id), lambda: self.send_notice(room, text, reply_to=event_id))
+
+    async def send_notice(
+        self, room: RoomView, text: str, mentions: Tuple[str, ...] = (), reply_to: Optional[str] = None
+    ) -> None:
         content: Dict[str, Any] = {"msgtype": "m.notice", "body": text}
         if mentions:
             content["m.mentions"] = {"user_ids": list(mentions)}
+        if reply_to is not None:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
         try:
             await self._writes.send(
                 {"type": "m.room.message", "room_id": room.room_id, "sender": self._bot, "content": content}

@@ -5,6 +5,7 @@ import logging
 import os
 from typing import Any, Optional, Tuple
 
+import attrs
 from synapse.module_api import ModuleApi, make_deferred_yieldable, run_in_background
 from twisted.internet import reactor
 
@@ -63,6 +64,7 @@ class PyPIModule:
             defer_to_thread=api.defer_to_thread,
             retry_ms=config.upstream_retry_ms,
             budget=PageBudget(config.page_cache_size),
+            on_change=self._page_changed,
         )
         # The attestation key is made on first start and kept under the data directory.
         self._signing_key = load_or_create_key(config.signing_key_path)
@@ -182,6 +184,40 @@ class PyPIModule:
         dist = page.file(filename) if page is not None else None
         sha = dist.hashes.get("sha256") if dist is not None and dist.url else None
         return sha, fresh and sha is not None
+
+    def _page_changed(
+        self, project: str, old: index.ProjectPage, new: index.ProjectPage
+    ) -> index.ProjectPage:
+        """The upstream's page of a project changed (issue 14). A project it quarantined,
+        and files it stopped listing that we hold, are banned in our room with the upstream
+        as the source, so that peers stop serving them too; unless the admin keeps removed
+        files for the project (builds pinned to them), then they stay on the page. Files the
+        upstream lists again lose our upstream-sourced ban."""
+
+        def held(f: index.DistFile) -> bool:
+            sha = f.hashes.get("sha256")
+            return sha is not None and self._cache.has(sha)
+
+        removed = [f for f in old.files if new.file(f.filename) is None and held(f)]
+        if new.quarantined and not old.quarantined:
+            why = f": {new.status_reason}" if new.status_reason else ""
+            self._trust.ban(project, "project", project, f"quarantined by the upstream index{why}", "upstream")
+        for rec in self._trust.our_bans(project):
+            policy = rec.policy
+            assert policy is not None
+            back = (policy.kind == "file" and new.file(policy.entity) is not None) or (
+                policy.kind == "project" and not new.quarantined
+            )
+            if policy.source == "upstream" and back:
+                self._trust.unban(project, policy.kind, policy.entity, "listed by the upstream index again", "upstream")
+        if not removed:
+            return new
+        if project in self._config.keep_removed_files:
+            logger.info("%s: keeping %d files the upstream no longer lists (keep_removed_files)", project, len(removed))
+            return attrs.evolve(new, files=new.files + tuple(removed))
+        for f in removed:
+            self._trust.ban(project, "file", f.filename, "no longer listed by the upstream index", "upstream")
+        return new
 
     async def _page_without_upstream(self, project: str) -> Optional[index.ProjectPage]:
         """A project page without the upstream: from the room's attestations, else from

@@ -13,7 +13,7 @@ it, the file is attested afresh when next served.
 
 import logging
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional
 
 from synapse_pypi import index
 from synapse_pypi._config import PyPIConfig
@@ -32,6 +32,7 @@ from synapse_pypi.trust import (
     state_key_for,
     verify_key_base64,
 )
+from synapse_pypi.trust._bans import POLICY_TYPE, build_policy, policy_state_key
 from synapse_pypi.trust._fold import KEY_LEVEL_FIELD, POWER_LEVELS, PROJECT_FIELD
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,69 @@ class Publisher:
         project = room.rules.project
         self._queue.submit(project, ("key",), lambda: self._publish_key(room))
 
+    def publish_policy(
+        self,
+        project: str,
+        kind: str,
+        entity: str,
+        recommendation: str,
+        reason: str,
+        source: str,
+        reply: Optional[Callable[[str], Awaitable[None]]] = None,
+    ) -> None:
+        """Queue our signed policy (`ban` or `unban`) for an entity of the project; `reply`
+        is told what became of it (a moderator's command is answered in the room)."""
+        pt = self._rooms.projects.get(project)
+        if pt is None or pt.local is None:
+            self.make_room(project)
+        self._queue.submit(
+            project,
+            ("policy", kind, entity),
+            lambda: self._publish_policy(project, kind, entity, recommendation, reason, source, reply),
+        )
+
+    async def _publish_policy(
+        self,
+        project: str,
+        kind: str,
+        entity: str,
+        recommendation: str,
+        reason: str,
+        source: str,
+        reply: Optional[Callable[[str], Awaitable[None]]],
+    ) -> None:
+        pt = await self._rooms.view(project)
+        room = pt.local
+        if room is None:
+            logger.warning("no package room for %s: %s of %s %s not published", project, recommendation, kind, entity)
+            return
+        content = build_policy(
+            project=project, kind=kind, entity=entity, recommendation=recommendation, reason=reason,
+            source=source, timestamp=int(time.time() * 1000), publisher=self.bot, signing_key=self._key,
+        )
+        try:
+            ev = await self._writes.send(
+                {
+                    "type": POLICY_TYPE,
+                    "room_id": room.room_id,
+                    "sender": self.bot,
+                    "state_key": policy_state_key(kind, entity, self.bot),
+                    "content": content,
+                }
+            )
+        except Exception as e:
+            logger.warning("could not publish the %s of %s %s in %s: %s", recommendation, kind, entity, room.room_id, e)
+            if reply is not None:
+                await reply(f"Could not publish the {recommendation} of {kind} {entity}: {e}")
+            return
+        rev = to_room_event(ev)
+        room.apply(rev)
+        self._rooms.keep(room, [rev])
+        logger.info("published %s of %s %s/%s (%s: %s)", recommendation, kind, project, entity, source, reason)
+        if reply is not None:
+            done = "banned: it is not served or listed" if recommendation == "ban" else "no longer banned by us"
+            await reply(f"{kind.capitalize()} {entity} of {project} is {done} (reason: {reason}).")
+
     def restore(self, project: str, room: RoomView, filename: str) -> None:
         """Someone overwrote our slot: send our attestation again, so that the room's state
         (what peers and a restarted server read) carries it again."""
@@ -158,6 +222,7 @@ class Publisher:
                     "events": {
                         ATTESTATION_TYPE: config.attestation_power_level,
                         KEY_TYPE: config.attestation_power_level,
+                        POLICY_TYPE: config.attestation_power_level,
                         POWER_LEVELS: 100,
                         "m.room.join_rules": 100,
                         "m.room.history_visibility": 100,

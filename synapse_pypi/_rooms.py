@@ -63,6 +63,24 @@ class ProjectTrust:
     def filenames(self) -> List[str]:
         return sorted({f for room in self.rooms for f in room.filenames()})
 
+    def bans(self) -> List[Tuple[RoomView, Record]]:
+        """Every valid ban, from every room read (an `unban` in a publisher's slot lifts that
+        publisher's own ban only)."""
+        return [
+            (room, rec)
+            for room in self.rooms
+            for rec in room.policies()
+            if rec.valid and rec.policy is not None and rec.policy.recommendation == "ban"
+        ]
+
+    def ban_for(self, filename: Optional[str], version: Optional[str]) -> Optional[Record]:
+        """The first valid ban covering the file (or, with no file name, the project)."""
+        for _, rec in self.bans():
+            assert rec.policy is not None
+            if rec.policy.kind == "project" or (filename is not None and rec.policy.covers(filename, version)):
+                return rec
+        return None
+
 
 def to_room_event(ev: Any, kept: Optional[str] = None, redacted_by: Tuple[str, ...] = ()) -> RoomEvent:
     """The fold's view of a Synapse event (`kept`: the content we kept, for a redacted one)."""
@@ -335,7 +353,7 @@ class Rooms:
         """Keep, in the background, the content of the events the view relies on (valid
         attestations, keys) that Synapse could drop on a redaction we must ignore."""
         if events is None:
-            ids = [r.event_id for r in view.records() if r.valid]
+            ids = [r.event_id for r in view.records() + view.policies() if r.valid]
             events = [e for e in (view.event_for(i) for i in ids) if e is not None]
             events += [e for e in view.key_events() if not e.redacted]
         rows = [(e.event_id, json.dumps(dict(e.content), sort_keys=True)) for e in events if e.content]

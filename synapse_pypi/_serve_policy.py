@@ -57,6 +57,11 @@ class ServePolicy(Protocol):
         ...
 
 
+    async def refusal(self, project: str, filename: str) -> Optional[str]:
+        """Why the file must not be served (a ban), or None."""
+        ...
+
+
 class PagesForTrust(Protocol):
     async def cached(self, name: str) -> Optional[index.ProjectPage]: ...
 
@@ -94,6 +99,10 @@ class TrustServePolicy:
             "the upstream's bytes are not served"
         )
         return ServeHash(sha256, first, not_from_upstream=why, size=size)
+
+    async def refusal(self, project: str, filename: str) -> Optional[str]:
+        pt = await self._trust.view_for_serve(project)
+        return self._trust.refusal(pt, project, filename)
 
     async def hints(self, project: str, filename: str, sha256: str) -> List[str]:
         """CIDs that valid attestations of exactly these bytes carry, now (a redacted

@@ -35,6 +35,7 @@ from synapse_pypi.trust import (
     key_id,
     parse_public_key,
 )
+from synapse_pypi.trust._bans import parse_command, resolve_target
 from synapse_pypi.trust._fold import CREATE, MEMBER, POWER_LEVELS
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class TrustService:
         )
         self.feed = EventFeed(
             api, store, self.rooms, self.moderation, self.publisher, self.bot,
-            on_vouch_lost=on_vouch_lost, check_files=self._check_files,
+            on_vouch_lost=on_vouch_lost, check_files=self._check_files, command=self._command,
         )
 
     async def start(self) -> None:
@@ -258,6 +259,50 @@ class TrustService:
         pythons = {a.requires_python for a in agreeing}
         return (sizes.pop() if len(sizes) == 1 else None), (pythons.pop() if len(pythons) == 1 else None)
 
+    # -- bans (policies) ---------------------------------------------------------------
+
+    def refusal(self, pt: Optional[ProjectTrust], project: str, filename: Optional[str]) -> Optional[str]:
+        """Why a file (or, with no file name, the project) must not be served or listed: the
+        first valid ban covering it, as one line; None when nothing bans it."""
+        if pt is None:
+            return None
+        base = filename[: -len(".metadata")] if filename and filename.endswith(".metadata") else filename
+        rec = pt.ban_for(base, version_of(base) if base else None)
+        if rec is None or rec.policy is None:
+            return None
+        policy = rec.policy
+        what = project if policy.kind == "project" else f"{policy.kind} {policy.entity} of {project}"
+        return f"{what} is banned: {policy.reason} (by {policy.publisher}, source: {policy.source})"
+
+    def ban(self, project: str, kind: str, entity: str, reason: str, source: str, reply: Any = None) -> None:
+        """Publish our signed ban (through the Matrix queue)."""
+        self.publisher.publish_policy(project, kind, entity, "ban", reason, source, reply)
+
+    def unban(self, project: str, kind: str, entity: str, reason: str, source: str, reply: Any = None) -> None:
+        """Lift our own ban of an entity (others' bans stay theirs)."""
+        self.publisher.publish_policy(project, kind, entity, "unban", reason, source, reply)
+
+    def our_bans(self, project: str) -> List[Record]:
+        """Our bot's valid bans in our own room for the project."""
+        pt = self.rooms.projects.get(project)
+        if pt is None or pt.local is None:
+            return []
+        return [r for r in pt.local.policies() if r.valid and r.publisher == self.bot and r.policy is not None
+                and r.policy.recommendation == "ban"]
+
+    def bans(self, pt: Optional[ProjectTrust]) -> List[Dict[str, Any]]:
+        """Every valid ban of a project, for the admin API."""
+        if pt is None:
+            return []
+        out = []
+        for room, rec in pt.bans():
+            assert rec.policy is not None
+            p = rec.policy
+            out.append({"kind": p.kind, "entity": p.entity, "reason": p.reason, "source": p.source,
+                        "publisher": p.publisher, "room_id": room.room_id, "event_id": rec.event_id,
+                        "timestamp": p.timestamp})
+        return out
+
     def cid_hints(self, pt: Optional[ProjectTrust], filename: str, sha256: str) -> List[str]:
         """CIDs that valid attestations of exactly these bytes carry: hints, not trust (the
         bytes are checked against the sha256 as they stream in). Our own bot's first."""
@@ -272,6 +317,39 @@ class TrustService:
     async def on_new_event(self, event: Any, state: Mapping[Tuple[str, str], Any]) -> None:
         """Synapse's `on_new_event` callback: see `_event_feed.EventFeed`."""
         await self.feed.on_new_event(event, state)
+
+    def _command(self, project: str, room: RoomView, event: Any) -> None:
+        """A `!pypi ban|unban` message in one of our rooms: a moderator's is carried out by
+        the bot (which signs the policy), anyone else's is refused; both are answered."""
+        parsed = parse_command(dict(event.content).get("body"))
+        if parsed is None:
+            return
+        if isinstance(parsed, str):
+            self.moderation.reply(project, room, event.event_id, parsed)
+            return
+        needed = self._config.moderator_power_level
+        if room.level(event.sender) < needed:
+            self.moderation.reply(
+                project, room, event.event_id,
+                f"{event.sender}: only moderators (power level {needed} in this room) may ban or unban here.",
+            )
+            logger.info("%s, not a moderator, asked to %s %s in %s", event.sender, parsed.action, parsed.target, room.room_id)
+            return
+        target = resolve_target(project, parsed.target)
+        if isinstance(target, str):
+            self.moderation.reply(project, room, event.event_id, target)
+            return
+        kind, entity = target
+        reason = f"{parsed.reason or 'lifted'} (asked by {event.sender})"
+
+        async def reply(text: str) -> None:
+            await self.moderation.send_notice(room, text, reply_to=event.event_id)
+
+        logger.info("%s asked to %s %s %s of %s: %s", event.sender, parsed.action, kind, entity, project, reason)
+        if parsed.action == "ban":
+            self.ban(project, kind, entity, reason, "moderator", reply)
+        else:
+            self.unban(project, kind, entity, reason, "moderator", reply)
 
     async def _check_files(self, project: str, files: List[str]) -> None:
         """New valid attestations, held against what the cached page says the upstream

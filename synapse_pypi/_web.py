@@ -302,13 +302,21 @@ class SimpleResource(Resource):
         if page.quarantined:
             # PEP 792: nothing is offered (the renderers list no file either).
             return attrs.evolve(page, files=())
+        pt = self._trust.known_rooms.get(page.name) if self._trust is not None else None
+        banned = self._trust.refusal(pt, page.name, None) if self._trust is not None else None
+        if banned is not None:
+            # A ban of the whole project (issue 14): offered as PEP 792 quarantined.
+            return attrs.evolve(page, files=(), status=index.ProjectStatus.QUARANTINED, status_reason=banned)
+        if pt is not None and pt.bans():
+            page = attrs.evolve(page, files=tuple(
+                f for f in page.files if self._trust.refusal(pt, page.name, f.filename) is None
+            ))
         # Only sizes and metadata the upstream left out, and offline pages, need to know
         # what is cached.
         needs_cache = offline or any(
             f.size is None or (not f.core_metadata and f.filename.endswith(".whl")) for f in page.files
         )
         cached = await self._files.cached_files(page.name) if needs_cache else {}
-        pt = self._trust.known_rooms.get(page.name) if self._trust is not None else None
         files = []
         for f in page.files:
             changes: dict = {}
@@ -335,6 +343,11 @@ class SimpleResource(Resource):
             # PEP 792: a quarantined project's files are not served, cached copies included.
             why = f": {view.page.status_reason}" if view.page.status_reason else ""
             raise HttpError(http.NOT_FOUND, f"{filename}: the project {name} is quarantined{why}")
+        if self._policy is not None:
+            # A ban (issue 14) refuses the file, its .metadata and cached copies alike.
+            refused = await self._policy.refusal(name, filename)
+            if refused is not None:
+                raise HttpError(http.NOT_FOUND, f"{filename}: {refused}")
         wanted = await self._wanted(view.page, name, filename)
         first = False
         if self._policy is not None and not filename.endswith(METADATA_SUFFIX):

@@ -124,13 +124,14 @@ def cmd_attest(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from synapse_pypi._maintainer import MaintainerError, Status, verify
 
-    if not args.files and not args.requirements:
-        args.parser.error("nothing to verify: give distribution files or -r requirements.txt")
+    if not args.files and not args.requirements and not args.pylocks:
+        args.parser.error("nothing to verify: give distribution files, -r requirements.txt or --pylock pylock.toml")
     homeserver = _homeserver(args.parser, args)
     try:
         findings = verify(
             args.files,
             args.requirements,
+            pylocks=args.pylocks,
             homeserver=homeserver,
             server_name=args.server_name,
             room_prefix=args.room_prefix,
@@ -140,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     except MaintainerError as e:
         return _maintainer_error("verify", e)
-    return 1 if any(f.status is Status.CONTRADICTED for f in findings) else 0
+    return 1 if any(f.status in (Status.CONTRADICTED, Status.BANNED) for f in findings) else 0
 
 
 def _trusted_key(text: str) -> Any:
@@ -223,13 +224,18 @@ def _add_maintainer_commands(sub: Any, full: bool) -> None:
     verify = sub.add_parser(
         "verify",
         help=helps["verify"],
-        description="Report each file or pinned hash as verified, unknown or contradicted by the valid "
-        "attestations in the projects' rooms. Exit status 1 if anything is contradicted.",
+        description="Report each file or pinned hash as verified, unknown, contradicted by the valid "
+        "attestations in the projects' rooms, or banned by a valid policy there. Exit status 1 if anything is "
+        "contradicted or banned.",
     )
     verify.add_argument("files", nargs="*", metavar="DIST", help="wheel or sdist files")
     verify.add_argument(
         "-r", "--requirement", dest="requirements", action="append", default=[], metavar="FILE",
         help="a requirements file with --hash=sha256: pins (may be repeated)",
+    )
+    verify.add_argument(
+        "--pylock", dest="pylocks", action="append", default=[], metavar="FILE",
+        help="a PEP 751 lock file (pylock.toml): every locked file, by name and hash (may be repeated)",
     )
     verify.add_argument(
         "--trusted-key", action="append", default=[], type=_trusted_key, metavar="'@USER:SERVER ed25519:ID KEY'",

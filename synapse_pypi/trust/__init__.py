@@ -20,6 +20,7 @@ from synapse_pypi.trust._attestation import (
     state_key_for,
     verify_attestation,
 )
+from synapse_pypi.trust._bans import POLICY_TYPE, Policy, build_policy, policy_state_key
 from synapse_pypi.trust._fold import Changes, Record, RoomEvent, RoomView, Rules, fold
 from synapse_pypi.trust._keys import (
     KEY_TYPE,
@@ -51,7 +52,11 @@ __all__ = [
     "UPSTREAM",
     "VERIFIED_AGAINST",
     "Changes",
+    "POLICY_TYPE",
     "Claim",
+    "Policy",
+    "build_policy",
+    "policy_state_key",
     "Record",
     "RoomEvent",
     "RoomView",

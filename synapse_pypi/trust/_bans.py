@@ -40,16 +40,21 @@ from synapse_pypi.trust._attestation import (
 )
 
 __all__ = [
+    "COMMAND",
     "KINDS",
     "POLICY_TYPE",
     "RECOMMENDATIONS",
+    "USAGE",
+    "Command",
     "SOURCES",
     "Policy",
     "SignedPolicy",
     "build_policy",
     "check_policy_signatures",
+    "parse_command",
     "policy_state_key",
     "read_policy",
+    "resolve_target",
     "split_policy_key",
 ]
 
@@ -234,3 +239,70 @@ def _parse(content: dict[str, Any], kind: str, entity: str, sender: str) -> Poli
         raise MalformedAttestation(f"'signatures' has no signature by the publisher {_show(sender)}")
     assert reason is not None and recommendation is not None and source is not None
     return Policy(project, kind, entity, recommendation, " ".join(reason.split()), source, timestamp, sender, min(own))
+
+
+# --- moderators' commands ------------------------------------------------------------------
+
+COMMAND = "!pypi"
+USAGE = (
+    "Usage: !pypi ban <file name | version | project> <reason>, or !pypi unban <the same> [<reason>]. "
+    "A ban stops every mirror that trusts this room's bot from serving or listing what it names."
+)
+
+
+@attrs.frozen
+class Command:
+    """A moderator's command to the bot, in the style of Draupnir's."""
+
+    action: str  # "ban" or "unban"
+    target: str
+    reason: str
+
+
+def parse_command(body: object) -> Command | str | None:
+    """A message body: None when it is not for us, a one-line error to reply with, or the
+    command."""
+    if not isinstance(body, str):
+        return None
+    words = body.strip().split(None, 3)
+    if not words or words[0] != COMMAND:
+        return None
+    if len(words) < 3 or words[1] not in ("ban", "unban"):
+        return USAGE
+    reason = " ".join(words[3].split()) if len(words) > 3 else ""
+    if words[1] == "ban" and not reason:
+        return "A ban needs a reason (people who can no longer install it will read it). " + USAGE
+    return Command(words[1], words[2], reason[:_MAX_REASON])
+
+
+def resolve_target(project: str, target: str) -> tuple[str, str] | str:
+    """What a command's target names in `project`: ("project" | "file" | "version", entity),
+    or a one-line error."""
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        canonicalize_name,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
+
+    try:
+        if normalize(target) == project:
+            return "project", project
+    except InvalidName:
+        pass
+    if target.endswith((".whl", ".tar.gz", ".zip")):
+        if not is_safe_filename(target):
+            return f"{_show(target)} is not a file name"
+        try:
+            name = parse_wheel_filename(target)[0] if target.endswith(".whl") else parse_sdist_filename(target)[0]
+        except (InvalidWheelFilename, InvalidSdistFilename) as e:
+            return f"{_show(target)} is not a distribution file name ({e})"
+        if canonicalize_name(name) != project:
+            return f"{_show(target)} is not a file of {project}"
+        return "file", target
+    try:
+        Version(target)
+    except InvalidVersion:
+        return f"{_show(target)} is neither {project}, a version of it, nor one of its file names"
+    return "version", target

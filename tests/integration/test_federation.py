@@ -330,6 +330,33 @@ def test_b_with_a_cached_page_fetches_an_uncached_file_by_a_attested_cid(fed):
         fed.upstream.start()
 
 
+def test_a_ban_on_a_stops_b_also_offline_with_the_file_in_its_cache(fed):
+    """Issue 14: A's moderator bans a file by a command in A's room; B, which trusts A's bot,
+    stops serving it within seconds, with its own upstream down and the file in its cache."""
+    import secrets
+    from urllib.parse import quote
+
+    from harness.dists import build_wheel, project_dir
+
+    path = build_wheel(project_dir(fed.root, "banned-far"), "banned-far", "1.0")
+    for hs in (fed.a, fed.b):
+        status, _, body = http_request(f"{hs.url}/simple/banned-far/{path.name}", timeout=60)
+        assert status == 200 and body == path.read_bytes()
+    room = fed.a_room("banned-far")
+    poll(lambda: fed.status(fed.b, fed.admin_b, "banned-far", path.name)["peer_rooms"], what="B reads A's room")
+    fed.upstream.stop()
+    try:
+        send = f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.message/{secrets.token_hex(8)}"
+        fed.moderator.call("PUT", send, {"msgtype": "m.text", "body": f"!pypi ban {path.name} malware found"})
+        status, _, body = poll(lambda: (r := http_request(f"{fed.b.url}/simple/banned-far/{path.name}", timeout=60))
+                               [0] == 404 and r, what="B refuses the file")  # how fast: benchmarks/bench_bans.py
+        assert b"malware found" in body and fed.bot(fed.a).encode() in body
+        bans = fed.admin_b.call("GET", "/_synapse/pypi/v1/projects/banned-far/bans")["bans"]
+        assert [(b["entity"], b["publisher"]) for b in bans] == [(path.name, fed.bot(fed.a))]
+    finally:
+        fed.upstream.start()
+
+
 def test_peer_aliases_cannot_detach_or_replace_our_views(fed):
     """A's users bind A's package aliases to rooms of their choice: B's own room, A's room for
     another project, a room of their own. B ignores each one and reports it, and its own

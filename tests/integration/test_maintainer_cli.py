@@ -479,3 +479,30 @@ def test_verify_refuses_a_room_the_mirrors_bot_did_not_make(mt, tmp_path):
     assert _status_of(result) == [("unknown", wheel.name, sha256_file(wheel))]
     assert f"made by {squatter.user_id}, not by the mirror's bot" in result.stdout
 
+
+def test_verify_reports_banned_pins_with_the_reason(mt, tmp_path):
+    wheel, sdist = mt.release("banned-pins", tmp_path / "dist")
+    mt.serve("banned-pins")
+    for path in (wheel, sdist):
+        assert http_request(f"{mt.hs.url}/simple/banned-pins/{path.name}", timeout=60)[0] == 200
+    bot = f"@pypi-bot:{mt.hs.server_name}"
+    poll(lambda: mt.verdicts("banned-pins", wheel.name).get(bot) == "valid", what="attested")
+    result = mt.admin.call("POST", "/_synapse/pypi/v1/projects/banned-pins/bans",
+                           {"target": "1.0", "reason": "compromised release"})
+    assert [(b["kind"], b["entity"], b["source"]) for b in result["bans"]] == [("version", "1.0", "admin")]
+    (tmp_path / "requirements.txt").write_text(
+        f"banned-pins==1.0 --hash=sha256:{sha256_file(wheel)} --hash=sha256:{sha256_file(sdist)}\n")
+    (tmp_path / "pylock.toml").write_text(
+        'lock-version = "1.0"\ncreated-by = "test"\n[[packages]]\nname = "banned-pins"\nversion = "1.0"\n'
+        f'[[packages.wheels]]\nname = "{wheel.name}"\nhashes = {{sha256 = "{sha256_file(wheel)}"}}\n'
+        f'[packages.sdist]\nname = "{sdist.name}"\nhashes = {{sha256 = "{sha256_file(sdist)}"}}\n')
+    for args in (("-r", "requirements.txt"), ("--pylock", "pylock.toml")):
+        result = mt.verify(*args, cwd=tmp_path)
+        assert result.returncode == 1, result.stdout + result.stderr
+        lines = [line for line in result.stdout.splitlines() if line.startswith("banned")]
+        assert len(lines) == 2 and all("compromised release" in line and bot in line for line in lines)
+    mt.admin.call("POST", "/_synapse/pypi/v1/projects/banned-pins/bans", {"target": "1.0", "unban": True})
+    result = mt.verify("--pylock", "pylock.toml", cwd=tmp_path)
+    assert result.returncode == 0 and not [line for line in result.stdout.splitlines() if line.startswith("banned")]
+    assert result.stdout.splitlines()[-1] == "2 verified, 0 unknown, 0 contradicted, 0 banned"
+

@@ -54,6 +54,11 @@ def test_disk_and_offload_options():
     assert parse_config({**BASE, "x_accel_redirect": None}).x_accel_redirect is None
 
 
+def test_keep_removed_files_are_normalized():
+    assert parse_config({**BASE, "keep_removed_files": ["Zope.Interface", "six"]}).keep_removed_files == (
+        "six", "zope-interface")
+
+
 def test_trust_and_queue_options():
     got = parse_config({**BASE, "corroboration": 3, "cid_hint_timeout": "2s", "matrix_quiet": "500ms",
                         "matrix_max_delay": "1m", "room_creation_rate": 10, "matrix_queue_size": 100})
@@ -106,6 +111,8 @@ def test_config_is_frozen():
         ({"matrix_max_delay": "0s"}, "matrix_max_delay", "greater than zero"),
         ({"cid_hint_timeout": "0s"}, "cid_hint_timeout", "greater than zero"),
         ({"peer_lookup_rate": -1}, "peer_lookup_rate", "whole number"),
+        ({"keep_removed_files": "six"}, "keep_removed_files", "list of project names"),
+        ({"keep_removed_files": ["no such name!"]}, "keep_removed_files", "keep_removed_files"),
     ],
 )
 def test_bad_values_name_their_key(change, key, words):
