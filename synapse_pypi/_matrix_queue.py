@@ -7,6 +7,8 @@ made it five times slower than a plain proxy. So the serve path only *submits* w
 
 * jobs wait while requests are being served: a job starts only once no request of ours has
   been in flight for `quiet` (or after `max_delay`, so constant load cannot starve the rooms);
+  urgent jobs (a ban, the redaction of fraud: what stops a bad file from being served) go
+  first and do not wait;
 * one job runs at a time (Synapse persists events one room at a time anyway);
 * jobs are coalesced: a job submitted under a key that is already waiting replaces it
   (a newer attestation of the same file supersedes the older one);
@@ -98,6 +100,7 @@ class MatrixQueue:
         # project -> key -> job, in submission order; and the order projects take turns in.
         self._jobs: Dict[str, collections.OrderedDict[Tuple[Any, ...], Tuple[Job, float]]] = {}
         self._turns: Deque[str] = collections.deque()
+        self._urgent: collections.OrderedDict[Tuple[str, Tuple[Any, ...]], Job] = collections.OrderedDict()
         self._started = False
         self._running = False  # a job is in progress
         self._wakeup: defer.Deferred[None] | None = None
@@ -110,14 +113,22 @@ class MatrixQueue:
         self.history: Deque[Tuple[float, int]] = collections.deque(maxlen=HISTORY)
 
     def __len__(self) -> int:
-        return sum(len(jobs) for jobs in self._jobs.values())
+        return sum(len(jobs) for jobs in self._jobs.values()) + len(self._urgent)
 
-    def submit(self, project: str, key: Tuple[Any, ...], job: Job) -> bool:
+    def submit(self, project: str, key: Tuple[Any, ...], job: Job, urgent: bool = False) -> bool:
         """Queue `job` for `project` under `key` (replacing a waiting job with the same key).
+
+        Args:
+            urgent: run before the others and without waiting for a quiet moment.
 
         Returns:
             False when the queue is full and the job was dropped.
         """
+        if urgent:
+            self._urgent[(project, key)] = job
+            self._sample()
+            self._wake()
+            return True
         jobs = self._jobs.get(project)
         if jobs is not None and key in jobs:
             jobs[key] = (job, jobs[key][1])  # keep its place, run the newer one
@@ -132,13 +143,16 @@ class MatrixQueue:
             self._turns.append(project)
         jobs[key] = (job, self._clock.seconds())
         self._sample()
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
         if not self._started:
             self._started = True
             self._run_background("synapse_pypi_matrix_queue", self._work)
         elif self._wakeup is not None:
             waiting, self._wakeup = self._wakeup, None
             fire_all([waiting])
-        return True
 
     def pending(self, project: str) -> int:
         return len(self._jobs.get(project, ()))
@@ -166,8 +180,25 @@ class MatrixQueue:
     def _sample(self) -> None:
         self.history.append((self._clock.seconds(), len(self)))
 
+    async def _run_one(self, key: Tuple[Any, ...], project: str, job: Job) -> None:
+        try:
+            await job()
+            self.done += 1
+        except Exception:
+            self.failed += 1
+            logger.exception("Matrix job %s for %s failed", key, project)
+
     async def _work(self) -> None:
         while True:
+            if self._urgent:
+                (project, key), job = self._urgent.popitem(last=False)
+                self._running = True
+                try:
+                    await self._run_one(key, project, job)
+                finally:
+                    self._running = False
+                self._sample()
+                continue
             if not self._turns:
                 waiters, self._idle_waiters = self._idle_waiters, []
                 fire_all(waiters)
@@ -183,6 +214,10 @@ class MatrixQueue:
             self._running = True
             try:
                 await self._wait_for_a_gap(queued_at)
+                if self._urgent:
+                    # Something urgent came in meanwhile: it goes first, this job keeps its turn.
+                    self._turns.appendleft(project)
+                    continue
                 if key[0] == "room":
                     await self._room_token()
                 # Taken off only now: a newer submission while we waited replaced the job.
@@ -191,19 +226,16 @@ class MatrixQueue:
                     self._turns.append(project)
                 else:
                     self._jobs.pop(project, None)
-                await job()
-                self.done += 1
-            except Exception:
-                self.failed += 1
-                logger.exception("Matrix job %s for %s failed", key, project)
+                await self._run_one(key, project, job)
             finally:
                 self._running = False
             self._sample()
 
     async def _wait_for_a_gap(self, queued_at: float) -> None:
-        """Yield to requests: wait for a quiet moment, but no longer than max_delay."""
+        """Yield to requests: wait for a quiet moment, but no longer than max_delay (and not
+        at all once an urgent job waits)."""
         settings = self.settings
-        while True:
+        while not self._urgent:
             quiet = self._gauge.quiet_for()
             if quiet >= settings.quiet_s:
                 return

@@ -91,7 +91,7 @@ class Moderation:
         )
         logger.warning("fraud in %s: %s", room.room_id, text)
         self._record(rec.event_id, project, rec.filename, rec.publisher, claimed, decision.sha256 or "", "fraud")
-        self._redact_and_say(project, room, rec.event_id, f"fraud: wrong sha256 for {rec.filename}", text)
+        self._redact_and_say(project, room, rec.event_id, f"fraud: wrong sha256 for {rec.filename}", text, urgent=True)
 
     def report(self, project: str, room: RoomView, rec: Record) -> None:
         """An attestation that does not count (malformed, bad signature, unknown key,
@@ -183,14 +183,17 @@ class Moderation:
 
         self._queue.submit(project, key, job)
 
-    def _redact_and_say(self, project: str, room: RoomView, event_id: str, reason: str, text: str) -> None:
+    def _redact_and_say(
+        self, project: str, room: RoomView, event_id: str, reason: str, text: str, urgent: bool = False
+    ) -> None:
         async def job() -> None:
             redacted = await self.redact(room, event_id, reason)
             await self.send_notice(
                 room, text + (" It has been redacted." if redacted else " Moderators: please redact it.")
             )
 
-        self._queue.submit(project, ("redact", event_id), job)
+        # The redaction of fraud takes the lie away for peers that cannot tell: it goes first.
+        self._queue.submit(project, ("redact", event_id), job, urgent=urgent)
 
     async def redact(self, room: RoomView, event_id: str, reason: str) -> bool:
         if room.level(self._bot) < room.redact_level:

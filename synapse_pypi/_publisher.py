@@ -139,6 +139,9 @@ class Publisher:
             project,
             ("policy", kind, entity),
             lambda: self._publish_policy(project, kind, entity, recommendation, reason, source, reply),
+            # A ban stops a file from being served on every mirror: it does not wait for a
+            # quiet moment (a room still to be made for it is made first, as usual).
+            urgent=recommendation == "ban" and pt is not None and pt.local is not None,
         )
 
     async def _publish_policy(

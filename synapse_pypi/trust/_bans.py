@@ -180,6 +180,9 @@ def read_policy(content: Mapping[str, Any], state_key: str, sender: str) -> Sign
         return Verdict.MALFORMED, str(e)
     if owner != sender:
         return Verdict.IMPERSONATION, f"{_show(sender)} wrote into the policy slot of {_show(owner)}"
+    claimed = content.get("publisher") if isinstance(content, Mapping) else None
+    if isinstance(claimed, str) and claimed != sender:
+        return Verdict.IMPERSONATION, f"{_show(sender)} sent a policy naming {_show(claimed)} as publisher"
     try:
         plain = _plain_content(content)
         policy = _parse(plain, kind, entity, sender)

@@ -121,3 +121,16 @@ def test_drain_waits_for_the_last_job_and_the_history_records_the_length() -> No
     assert drained.called and log == ["room"]
     lengths = [n for _, n in queue.status()["history"]]
     assert lengths[0] == 1 and lengths[-1] == 0
+
+
+def test_urgent_jobs_go_first_and_do_not_wait_for_a_quiet_moment() -> None:
+    clock, gauge, queue, log = make(quiet_s=0.25, max_delay_s=10)
+    gauge.started()  # constantly busy
+    queue.submit("a", ("attest", "f"), job(log, "attest"))
+    advance(clock, 0.5)
+    queue.submit("a", ("policy", "file", "f"), job(log, "ban"), urgent=True)
+    advance(clock, 0.5)
+    assert log == ["ban"]
+    advance(clock, 10)
+    assert log == ["ban", "attest"]
+
