@@ -8,7 +8,7 @@ or an upstream page is escaped: anyone with the power to post writes those.
 
 import html
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from synapse_pypi._names import InvalidName, normalize
@@ -67,9 +67,10 @@ def render_project(
     room_id: Optional[str],
     files: List[Dict[str, Any]],
     flagged: List[Dict[str, Any]],
+    bans: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
-    """A project: each file's decision and attestations (`TrustService.status` per file,
-    with a `filename`), and what was flagged."""
+    """A project: its bans (`TrustService.bans`), each file's decision and attestations
+    (`TrustService.status` per file, with a `filename`), and what was flagged."""
     parts = [
         f"<h1>{_e(project)}</h1>",
         f"<p><a href=\"../\">all projects</a> · files for pip: <a href=\"../../simple/{_e(quote(project))}/\">"
@@ -77,6 +78,17 @@ def render_project(
         + (f" (<code>{_e(room_id)}</code>)" if room_id else " <span class=muted>(not made yet: a room comes with the first file served)</span>")
         + "</p>",
     ]
+    if bans:
+        rows = "".join(
+            f"<tr><td class=bad>{_e(b.get('kind'))}</td><td>{_e(b.get('entity'))}</td><td>{_e(b.get('reason'))}</td>"
+            f"<td>{_e(b.get('source'))}</td><td>{_e(b.get('publisher'))}</td><td>{_e(_when(b.get('timestamp')))}</td></tr>"
+            for b in bans
+        )
+        parts.append(
+            "<h2>Bans</h2><p>Not served or listed by this mirror, nor by mirrors that trust the publisher.</p>"
+            "<table><tr><th>what</th><th>name</th><th>why</th><th>source</th><th>by</th><th>when</th></tr>"
+            f"{rows}</table>"
+        )
     if flagged:
         rows = "".join(
             f"<tr><td class=bad>{_e(f.get('kind'))}</td><td>{_e(f.get('filename'))}</td><td>{_e(f.get('publisher'))}</td>"
@@ -165,7 +177,9 @@ def make_resource(api: Any, trust: Any, pages: Any, store: Any) -> Any:
                 statuses.append({"filename": filename, **trust.status(pt, filename, upstream_sha, fresh)})
             flagged = await store.flagged(project)
             room_id = pt.local.room_id if pt.local is not None else None
-            body = render_project(api.server_name, project, trust.alias_for(project), room_id, statuses, flagged)
+            body = render_project(
+                api.server_name, project, trust.alias_for(project), room_id, statuses, flagged, trust.bans(pt)
+            )
             return 200, body
 
     return BrowseResource()

@@ -118,6 +118,9 @@ def test_a_moderator_bans_and_unbans_a_file_with_a_command(bn):
     assert bn.get("banned-file", newer.name)[0] == 200
     (ban,) = bn.bans("banned-file")
     assert (ban["kind"], ban["entity"], ban["source"]) == ("file", wheel.name, "moderator")
+    # Moderators see it on the project's page for people too.
+    browse = http_request(f"{bn.hs.url}/pypi/banned-file/", timeout=60)[2].decode()
+    assert "<h2>Bans</h2>" in browse and "malware, see the advisory" in browse
     asked = bn.say(bn.moderator, room, f"!pypi unban {wheel.name} a false alarm")
     assert "no longer banned" in bn.reply_to(room, asked)
     status, _, body = bn.get("banned-file", wheel.name)

@@ -11,9 +11,11 @@ def test_everything_from_an_attestation_is_escaped() -> None:
           "attestations": [{"publisher": evil, "verdict": "impersonation", "sha256": evil, "reason": evil,
                             "slot_of": evil}]}],
         [{"kind": evil, "filename": evil, "publisher": evil, "claimed": evil, "truth": evil, "flagged_at": 1}],
+        [{"kind": "file", "entity": evil, "reason": evil, "source": "moderator", "publisher": evil, "timestamp": 1}],
     ).decode()
     assert "<script>" not in body and "<img" not in body
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "not served" in body
+    assert "<h2>Bans</h2>" in body
 
 
 def test_the_index_links_each_project() -> None:
