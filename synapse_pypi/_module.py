@@ -20,7 +20,7 @@ from synapse_pypi._names import NormalizedName
 from synapse_pypi._pages import PageBudget, PageService
 from synapse_pypi._serve_policy import TrustServePolicy
 from synapse_pypi._store import Store
-from synapse_pypi._synapse_fixes import give_notifications_their_own_context
+from synapse_pypi._synapse_fixes import give_notifications_their_own_context, skip_withheld_events_on_new_event
 from synapse_pypi._trust_service import TrustService
 from synapse_pypi._upstream import UpstreamClient
 from synapse_pypi._web import SimpleResource
@@ -47,8 +47,10 @@ class PyPIModule:
         self._config = config
         self._api = api
         # Our on_new_event callback would otherwise make Synapse warn about finished log
-        # contexts for every event sent (see _synapse_fixes.py).
+        # contexts for every event sent, and fail PDUs on redactions it withholds (see
+        # _synapse_fixes.py).
         give_notifications_their_own_context(api.server_name)
+        skip_withheld_events_on_new_event()
         os.makedirs(config.data_directory, exist_ok=True)
         self._store = Store(api.run_db_interaction)
         self._upstream = UpstreamClient(

@@ -33,12 +33,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.clients import make_venv
 from harness.kubo import KuboNodeProcess
 from harness.mirror import require_backend
-from harness.synapse import SynapseServer
+from harness.synapse import LOG_TROUBLE, SynapseServer
 from harness.upstream import UpstreamServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "synapse: the test starts a real Synapse process (a few seconds each)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Synapse's log from a test run holds no log-context warnings and no tracebacks: a
+    server disposed while this test ran (or tore down its fixtures) that logged any fails it."""
+    result = yield
+    if LOG_TROUBLE:
+        found = list(LOG_TROUBLE)
+        LOG_TROUBLE.clear()
+        pytest.fail("Synapse logged trouble:\n" + "\n".join(
+            f"{work_dir / 'homeserver.log'}:\n  " + "\n  ".join(lines[:20]) for work_dir, lines in found
+        ), pytrace=False)
+    return result
 
 
 @pytest.fixture

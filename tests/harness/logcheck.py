@@ -1,4 +1,6 @@
-"""Log-context trouble in a Synapse log, by the log context it happened in.
+"""Trouble in a Synapse log: log-context warnings and tracebacks (`log_trouble`, which every
+SynapseServer checks when it is disposed: see harness/synapse.py), and the log-context warnings
+of the file read path alone (`file_path_trouble`).
 
 Synapse warns when code re-enters a finished log context or loses one ("Re-starting finished
 log context X", "Expected logging context X was lost", "Background process re-entered without
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["file_path_trouble"]
+__all__ = ["file_path_trouble", "log_trouble"]
 
 _TROUBLE = re.compile(
     r" - (?:WARNING|ERROR) - (?P<ctx>[\w.-]+) - (?:Re-starting finished log context|Expected logging context"
@@ -33,4 +35,23 @@ def file_path_trouble(log: str) -> list[str]:
         path = paths.get(ctx, "")
         if ctx.startswith(FILE_PATH_PROCESSES) or (path.startswith("/simple/") and not path.endswith("/")):
             out.append(line)
+    return out
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def log_trouble(log: str) -> list[str]:
+    """Every log-context warning, and every traceback (as the line that logged it and the
+    exception it ends with), one line each."""
+    out = []
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if _TROUBLE.search(line):
+            out.append(line)
+        elif line.startswith(_TRACEBACK):
+            logged = lines[i - 1] if i else ""
+            end = next((lines[j] for j in range(i + 1, len(lines))
+                        if lines[j] and not lines[j].startswith((" ", "\t", _TRACEBACK))), "")
+            out.append(f"{logged} | {end}".strip(" |"))
     return out

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from .logcheck import log_trouble
 from .processes import stop_process
 from .upstream import http_request
 
@@ -131,8 +133,17 @@ def _log_config(log_path: Path) -> dict[str, Any]:
     }
 
 
+# (server work directory, lines) for every disposed server whose log had log-context warnings
+# or tracebacks it did not expect; tests/conftest.py fails the test that was running.
+LOG_TROUBLE: list[tuple[Path, list[str]]] = []
+
+
 class SynapseServer:
     """One Synapse process with synapse-pypi loaded.
+
+    When disposed, its log is checked: log-context warnings and tracebacks are recorded in
+    `LOG_TROUBLE` unless a regular expression in `expected_log_trouble` matches them (for a
+    test that provokes a known Synapse behaviour, which it names).
 
     Args:
         work_dir: everything of this server lives here (config, DB, keys, logs, module data).
@@ -178,6 +189,7 @@ class SynapseServer:
         self.pg_database: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
+        self.expected_log_trouble: list[str] = []
         self._disposed = False
         if db == "postgres":
             self._create_pg_database()
@@ -384,6 +396,10 @@ class SynapseServer:
             if not self._disposed:
                 self._disposed = True
                 self._drop_pg_database()
+                trouble = [line for line in log_trouble(self.log_text())
+                           if not any(re.search(p, line) for p in self.expected_log_trouble)]
+                if trouble:
+                    LOG_TROUBLE.append((self.work_dir, trouble))
 
     def __enter__(self) -> SynapseServer:
         return self.start()
