@@ -309,7 +309,7 @@ def test_verify_files(mt, tmp_path):
     ]
     assert f"attested by {mt.maintainer.user_id}" in result.stdout and f"attested by {bot}" in result.stdout
     assert f"no room #pypi-never-served:{mt.hs.server_name}" in result.stdout
-    assert _summary(result) == "2 verified, 2 unknown, 0 contradicted"
+    assert _summary(result) == "2 verified, 2 unknown, 0 contradicted, 0 banned"
 
     # Not the bytes the maintainer attested: contradicted, exit status 1.
     tampered = tmp_path / "tampered" / wheel.name
@@ -370,7 +370,7 @@ unhashed-pkg==1.0
         ("unknown", "never-served-pkg==2.0", "cd" * 32),
     ]
     assert locked_whl.name in result.stdout and "skipped      unhashed-pkg==1.0" in result.stdout
-    assert _summary(result) == "1 verified, 2 unknown, 0 contradicted"
+    assert _summary(result) == "1 verified, 2 unknown, 0 contradicted, 0 banned"
 
     # A lock file whose pins for other-pkg 1.0 match nothing attested for that release.
     (tmp_path / "tampered.txt").write_text(f"Other_Pkg==1.0 --hash=sha256:{wrong}\n")
