@@ -322,7 +322,7 @@ def test_verify_files(mt, tmp_path):
         ("verified", wheel.name, sha256_file(wheel)),
     ]
     assert f"{mt.maintainer.user_id} attested {sha256_file(wheel)}" in result.stdout
-    assert _summary(result) == "1 verified, 0 unknown, 1 contradicted"
+    assert _summary(result) == "1 verified, 0 unknown, 1 contradicted, 0 banned"
 
 
 def test_verify_trusts_pinned_keys_not_only_room_keys(mt, tmp_path):
@@ -379,7 +379,7 @@ unhashed-pkg==1.0
     assert _status_of(result)[0] == ("verified", other_whl.name, sha256_file(other_whl))
     assert _status_of(result)[-1] == ("contradicted", "other-pkg==1.0", wrong)
     assert f"{other_whl.name} is {sha256_file(other_whl)}" in result.stdout
-    assert _summary(result) == "2 verified, 2 unknown, 1 contradicted"
+    assert _summary(result) == "2 verified, 2 unknown, 1 contradicted, 0 banned"
 
 
 def test_verify_errors(mt, tmp_path):
