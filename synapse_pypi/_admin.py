@@ -13,12 +13,16 @@
                                                            cache, references (CIDs), backends
     POST   /_synapse/pypi/v1/known_files                   teach a file by digest and CID, for
                                                            mirrors that cannot ask the upstream
+    GET    /_synapse/pypi/v1/projects/<p>/cached           the project's files in the local cache
+    POST   /_synapse/pypi/v1/snapshots/<name>              name a snapshot CID: {"cid": ...}
+    GET    /_synapse/pypi/v1/snapshots/<name>              the CID a name resolves to, and its signer
 """
 
 import logging
 import re
 from typing import Any, Dict, Optional, Tuple
 
+import attrs
 from synapse.module_api import DirectServeJsonResource, ModuleApi
 from synapse.module_api.errors import SynapseError
 
@@ -51,8 +55,10 @@ class AdminResource(DirectServeJsonResource):
         trust: Any = None,
         pages: Any = None,
         files: Any = None,
+        snapshot_names: Any = None,
     ):
         super().__init__()
+        self._snapshot_names = snapshot_names
         self._api = api
         self._store = store
         self._cache = cache
@@ -100,6 +106,16 @@ class AdminResource(DirectServeJsonResource):
                 {"project": name, **ban} for name, pt in sorted(self._trust.known_rooms.items())
                 for ban in self._trust.bans(pt)
             ]}
+        if len(path) == 4 and path[:2] == ("v1", "projects") and path[3] == "cached":
+            project = self._project(path[2])
+            cached = await self._files.cached_files(project)
+            return 200, {"project": project, "files": [
+                {"filename": name, "sha256": sha, "size": size}
+                for name, (sha, size) in sorted(cached.items()) if not name.endswith(".metadata")
+            ]}
+        if len(path) == 3 and path[:2] == ("v1", "snapshots") and self._snapshot_names is not None:
+            named = await self._snapshot_names.resolve(path[2])
+            return 200, attrs.asdict(named)
         if path == ("v1", "trust"):
             if self._trust is None:
                 raise SynapseError(404, "the trust layer is off", "M_NOT_FOUND")
@@ -206,6 +222,13 @@ class AdminResource(DirectServeJsonResource):
             project = self._project(path[2])
             logger.info("admin %s asked for the package room of %s", user_id, project)
             return 200, await self._trust.make_room(project)
+        if len(path) == 3 and path[:2] == ("v1", "snapshots") and self._snapshot_names is not None:
+            from synapse.module_api import parse_json_object_from_request
+
+            body = parse_json_object_from_request(request)
+            if set(body) != {"cid"} or not isinstance(body["cid"], str):
+                raise _bad('the body must be {"cid": "<CID>"}')
+            return 200, await self._snapshot_names.publish(path[2], body["cid"], user_id)
         if path == ("v1", "known_files"):
             from synapse.module_api import parse_json_object_from_request
 

@@ -76,6 +76,8 @@ class WantedFile:
     size: Optional[int]
     # Why the upstream must not be asked for these bytes (its hash lost to the attested one).
     not_from_upstream: Optional[str] = None
+    # Further references (CIDs or CID paths) that may hold these bytes: a snapshot's file.
+    references: Tuple[str, ...] = ()
 
 
 class FileEvents(Protocol):
@@ -660,6 +662,9 @@ class FileChain:
             for cid in hints:
                 if cid not in tried:
                     sources += [(backend, cid, True) for backend, cid in self._backends.readers_for({"cid": cid})]
+        # References the caller knows (a snapshot's file by its path): not others' hints, no deadline.
+        for ref in wanted.references:
+            sources += [(backend, ref, False) for backend, ref in self._backends.readers_for({"cid": ref})]
         deadline = self._clock.seconds() + self._hint_timeout
         for backend, reference, hint in sources:
             remaining = deadline - self._clock.seconds() if hint else None

@@ -19,6 +19,8 @@ from synapse_pypi._matrix_queue import MatrixQueue, QueueSettings, RequestGauge
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._pages import PageBudget, PageService
 from synapse_pypi._serve_policy import TrustServePolicy
+from synapse_pypi._snapshot_names import SnapshotNames
+from synapse_pypi._snapshots import SnapshotJudge, SnapshotReader, SnapshotResource
 from synapse_pypi._store import Store
 from synapse_pypi._synapse_fixes import give_notifications_their_own_context, skip_withheld_events_on_new_event
 from synapse_pypi._trust_service import TrustService
@@ -153,13 +155,36 @@ class PyPIModule:
             defer_to_thread=api.defer_to_thread,
         )
         # Requests that arrive before start-up finished wait for it.
-        self._simple.gate_on(api.run_as_background_process("synapse_pypi_start", self._start))
+        started = api.run_as_background_process("synapse_pypi_start", self._start)
+        self._simple.gate_on(started)
         api.register_web_resource("/simple", self._simple)
+        # Snapshots (static indexes in IPFS), judged by the same rooms; and their names.
+        self._snapshot_names = SnapshotNames(api, config, self._signing_key, reactor)
+        snapshots = SnapshotResource(
+            self._pages,
+            self._files,
+            page_max_age=config.page_ttl_ms // 1000,
+            run_in_background=run_in_background,
+            yieldable=make_deferred_yieldable,
+            clock=reactor,
+            trust=self._trust,
+            policy=self._policy,
+            gauge=self._gauge,
+            defer_to_thread=api.defer_to_thread,
+            reader=SnapshotReader(self._backends, config.max_page_size),
+            judge=SnapshotJudge(self._trust),
+            names=self._snapshot_names,
+        )
+        snapshots.gate_on(started)
+        api.register_web_resource("/snapshots", snapshots)
         # Pages for people: what is served and why (read-only, like the rooms).
         api.register_web_resource("/pypi", make_browse_resource(api, self._trust, self._pages, self._store))
         api.register_web_resource(
             "/_synapse/pypi",
-            AdminResource(api, self._store, self._cache, self._backends, self._trust, self._pages, self._files),
+            AdminResource(
+                api, self._store, self._cache, self._backends, self._trust, self._pages, self._files,
+                snapshot_names=self._snapshot_names,
+            ),
         )
         api.looping_background_call(self._cache.flush_touches, TOUCH_FLUSH_MS, run_on_all_instances=True)
         if self._backends is not None:

@@ -6,6 +6,8 @@
     synapse-pypi keygen [--output PATH] [--force]
     synapse-pypi attest [--homeserver URL] [--token TOKEN] [--key PATH] [--publish-key] DIST...
     synapse-pypi verify [--homeserver URL] [--token TOKEN] [-r requirements.txt] [DIST...]
+    synapse-pypi snapshot [--homeserver URL] [--token TOKEN] [--ipfs-api URL] [--latest-only]
+                          [--publish NAME] (PROJECT... | -r requirements.txt | --pylock FILE | --all)
 
 `run` is the one-machine quick start (synapse_pypi/_run.py): it writes a homeserver.yaml from
 the sample (paths under one data directory, SQLite, the module enabled, IPFS through a local
@@ -20,6 +22,10 @@ answering the Kubo RPC calls synapse-pypi uses, on 127.0.0.1 only.
 `keygen`, `attest` and `verify` are for maintainers and users (docs/maintainers.md): make a
 signing key, publish signed attestations of release files into the projects' rooms, and
 check files or a hash-pinned requirements file against a homeserver's attestations.
+
+`snapshot` (a server admin's token) builds a static simple index of files the mirror verified,
+adds it to IPFS as one directory and prints its CID last; `--publish NAME` names it in a room
+(docs/snapshots.md).
 """
 
 import argparse
@@ -144,6 +150,58 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if any(f.status in (Status.CONTRADICTED, Status.BANNED) for f in findings) else 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from synapse_pypi._maintainer import MaintainerError, parse_pylock, parse_requirements
+    from synapse_pypi._snapshot_build import Selection, SnapshotError, project_names, publish, snapshot
+
+    chosen = sum(bool(x) for x in (args.projects, args.requirements or args.pylocks, args.all))
+    if chosen != 1:
+        args.parser.error("say what goes in: PROJECT names, -r requirements.txt / --pylock pylock.toml, or --all")
+    homeserver = _homeserver(args.parser, args)
+    try:
+        pins = [p for path in args.requirements for p in parse_requirements(_read(path), path)]
+        unpinned = [p.text for p in pins if p.version is None]
+        if unpinned:
+            raise SnapshotError(f"requirements must be pinned to a version (==): {', '.join(unpinned)}")
+        locked = [f for path in args.pylocks for f in parse_pylock(_read(path), path)]
+        selection = Selection(
+            projects=project_names(args.projects), pins=tuple(pins), locked=tuple(locked),
+            everything=args.all, latest_only=args.latest_only,
+        )
+
+        def complete(left_out: List[str]) -> None:
+            if (pins or locked) and left_out:
+                raise SnapshotError("not everything pinned could go in:\n  " + "\n  ".join(left_out))
+
+        result = snapshot(
+            homeserver, selection, args.ipfs_api, stream=sys.stderr, show_progress=_show_progress(args),
+            keep=Path(args.out) if args.out else None, check=complete,
+        )
+        for line in result.left_out:
+            print(f"left out: {line}", file=sys.stderr)
+        print(f"{result.files} files of {result.projects} projects, {result.bytes} bytes", file=sys.stderr)
+        if args.publish:
+            named = publish(homeserver, args.publish, result.cid)
+            print(f"published as {args.publish} in {named.get('alias')} (event {named.get('event_id')})",
+                  file=sys.stderr)
+    except MaintainerError as e:
+        return _maintainer_error("snapshot", e)
+    print(result.cid)
+    return 0
+
+
+def _read(path: str) -> str:
+    from synapse_pypi._snapshot_build import SnapshotError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"cannot read {path}: {e}") from None
+
+
 def _trusted_key(text: str) -> Any:
     from synapse_pypi._maintainer import parse_trusted_key
     from synapse_pypi.trust import KeyFormatError
@@ -189,6 +247,7 @@ def _add_maintainer_commands(sub: Any, full: bool) -> None:
         "keygen": "make an ed25519 signing key for attestations; print its public key",
         "attest": "sign and publish attestations of distribution files into their projects' rooms",
         "verify": "check files or a hash-pinned requirements file against a homeserver's attestations",
+        "snapshot": "build a static index of verified files as one IPFS CID (a server admin's token)",
     }
     if not full:
         for name, text in helps.items():
@@ -243,6 +302,39 @@ def _add_maintainer_commands(sub: Any, full: bool) -> None:
     )
     _add_matrix_options(verify)
     verify.set_defaults(func=cmd_verify, parser=verify)
+
+    snap = sub.add_parser(
+        "snapshot",
+        help=helps["snapshot"],
+        description="Build a static simple index (PEP 503 HTML and PEP 691 JSON, files and their core metadata) "
+        "of files the mirror serves, which its trust layer accepts, add it to IPFS as one directory and print "
+        "its CID as the last line. The same input gives the same CID.",
+    )
+    snap.add_argument("projects", nargs="*", metavar="PROJECT", help="projects: every file the mirror lists")
+    snap.add_argument(
+        "-r", "--requirement", dest="requirements", action="append", default=[], metavar="FILE",
+        help="a requirements file pinned with ==: those versions' files (narrowed by --hash pins)",
+    )
+    snap.add_argument(
+        "--pylock", dest="pylocks", action="append", default=[], metavar="FILE",
+        help="a PEP 751 lock file: exactly its files",
+    )
+    snap.add_argument("--all", action="store_true", help="every file the mirror holds in its cache")
+    snap.add_argument(
+        "--latest-only", action="store_true",
+        help="per project and platform, only the newest version that is not yanked (as IPWHL does)",
+    )
+    snap.add_argument(
+        "--ipfs-api", default=os.environ.get("SYNAPSE_PYPI_IPFS_API", "http://127.0.0.1:5001"), metavar="URL",
+        help="the Kubo RPC API to add it to (default: $SYNAPSE_PYPI_IPFS_API, else %(default)s)",
+    )
+    snap.add_argument("--out", metavar="DIR", help="also keep the tree in this (new or empty) directory")
+    snap.add_argument(
+        "--publish", metavar="NAME",
+        help="name it: the mirror's bot states the CID, signed, in the room #pypi-snapshot-NAME",
+    )
+    _add_matrix_options(snap)
+    snap.set_defaults(func=cmd_snapshot, parser=snap)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
