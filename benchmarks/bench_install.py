@@ -83,9 +83,9 @@ def fetched_files(upstream: UpstreamServer) -> list[tuple[str, str]]:
     """(project, file name) of every file the mirror fetched from the upstream."""
     files = []
     for path in upstream.hits():
-        parts = path.strip("/").split("/")
-        if len(parts) == 2 and parts[0] != "simple" and not parts[1].endswith(".metadata"):
-            files.append((parts[0], parts[1]))
+        parts = path.split("?")[0].strip("/").split("/")  # /files/<project>/<file>
+        if len(parts) == 3 and parts[0] == "files" and not parts[2].endswith(".metadata"):
+            files.append((parts[1], parts[2]))
     return sorted(set(files))
 
 
@@ -98,9 +98,9 @@ def one_client(args: argparse.Namespace, work: Path, dists: Path, client: str) -
     with ExitStack() as stack:
         upstream = UpstreamServer(dists, work / f"upstream-{client}")
         stack.callback(upstream.stop)
-        module: dict[str, Any] = {"upstream_url": upstream.url}
         with phase(f"{client}: starting the upstream and a fresh homeserver"):
             upstream.start()
+            module: dict[str, Any] = {"upstream_url": upstream.url}
             if args.ipfs:
                 node = KuboNodeProcess(work / f"kubo-{client}" / "repo", work / f"kubo-{client}")
                 stack.callback(node.stop)
