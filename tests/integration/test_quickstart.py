@@ -23,6 +23,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 from harness.clients import describe, installed_version, make_venv, pip_install, uv_install
+from harness.logcheck import log_trouble
 from harness.matrix import poll
 from harness.mirror import populate
 from harness.synapse import free_port
@@ -220,6 +221,9 @@ def test_run_is_a_ready_homeserver_with_ipfs_that_pip_and_uv_install_through(ups
     assert len(text.splitlines()) < 40, text
     full = log.read_text()
     assert "INFO" in full and "synapse_pypi" in full and "Synapse now listening" in full
+    # The filter keeps log-context warnings off the terminal: the file shows whether there
+    # were any (two installs, the attestations, the rooms, a stop). There must be none.
+    assert log_trouble(full) == [], log_trouble(full)[:20]
 
     # Running it again reuses the directory: the config is kept, the moderator exists.
     again = Run(tmp_path, data, "--port", str(port), "--ipfs-api-port", str(ipfs_port), "--moderator", "mod")
