@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness.dists import build_wheel, project_dir, sha256_file
+from harness.dists import build_wheel, project_dir, read_wheel_metadata, sha256_file
 from harness.logcheck import file_path_trouble
 from harness.matrix import poll
 from harness.mirror import populate
@@ -148,6 +148,24 @@ def test_file_faults(mirror, fault, status, words):
     got, _, body = mirror.get(url)
     assert got == 200 and body == path.read_bytes()
     assert mirror.blob_path(sha).exists()
+
+
+def test_an_upstream_metadata_file_that_does_not_match_its_hash_is_refused(mirror):
+    """PEP 658: the page gives the .metadata file's sha256; other bytes are never served or
+    kept, and the next request, with the upstream healthy, gets the right ones."""
+    name = "metafault"
+    path, page, url, upstream_path = _fresh(mirror, name)
+    assert mirror.get(page)[0] == 200
+    expected = read_wheel_metadata(path)
+    mirror.upstream.fault(upstream_path + ".metadata", kind="wrong-bytes")
+    try:
+        got, _, body = mirror.get(url + ".metadata")
+    finally:
+        mirror.upstream.clear_faults()
+    assert got == 502 and "sha256 mismatch" in _one_line(body), body
+    assert list((mirror.hs.data_directory / "cache" / "partial").iterdir()) == []
+    got, _, body = mirror.get(url + ".metadata")
+    assert got == 200 and body == expected
 
 
 def test_page_too_large_is_refused(synapse_factory, upstream_factory, dists_dir):
