@@ -8,7 +8,7 @@ Synapse restarts: the queue is retried every `storage_retry_interval` until it i
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Protocol, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Protocol, Set, Tuple
 
 from synapse_pypi._config import StorageProviderConfig
 from synapse_pypi._store import Store
@@ -49,7 +49,14 @@ class Backends:
         run_background: Callable[..., Any],
         listener: Optional[StoredListener] = None,
         clock: Optional[Callable[[], int]] = None,
+        quiet_moment: Optional[Callable[[float], Awaitable[None]]] = None,
+        seconds: Callable[[], float] = time.time,
     ):
+        # Each add waits for a moment without requests (as Matrix writes do, and at most as
+        # long): a node's add takes CPU that a cold install is waiting for.
+        self._quiet_moment = quiet_moment
+        self._seconds = seconds
+        self._drain_since = 0.0
         self._store = store
         self._blob_path = blob_path
         self._run_background = run_background
@@ -109,6 +116,7 @@ class Backends:
     async def _drain(self) -> None:
         self._draining = True
         try:
+            self._drain_since = self._seconds()
             while True:
                 self._drain_again = False
                 await self._drain_once()
@@ -125,6 +133,8 @@ class Backends:
             if backend is None or name in unavailable:
                 continue
             path = self._blob_path(sha256)
+            if self._quiet_moment is not None:
+                await self._quiet_moment(self._drain_since)
             try:
                 size = _size(path)
                 reference = await backend.store(path, sha256, size)

@@ -231,11 +231,17 @@ class MatrixQueue:
                 self._running = False
             self._sample()
 
-    async def _wait_for_a_gap(self, queued_at: float) -> None:
+    async def quiet_moment(self, since: float) -> None:
+        """Wait as a job does: for a moment without requests, but no longer than max_delay
+        after `since` (the reactor's seconds). For other background work that would compete
+        with serving: adding files to IPFS."""
+        await self._wait_for_a_gap(since, yield_to_urgent=False)
+
+    async def _wait_for_a_gap(self, queued_at: float, yield_to_urgent: bool = True) -> None:
         """Yield to requests: wait for a quiet moment, but no longer than max_delay (and not
         at all once an urgent job waits)."""
         settings = self.settings
-        while not self._urgent:
+        while not (yield_to_urgent and self._urgent):
             quiet = self._gauge.quiet_for()
             if quiet >= settings.quiet_s:
                 return

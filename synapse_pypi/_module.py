@@ -115,6 +115,8 @@ class PyPIModule:
                 functools.partial(blob_path, cache_root),
                 api.run_as_background_process,
                 listener=self._policy,
+                quiet_moment=self._queue.quiet_moment,
+                seconds=reactor.seconds,
             )
         self._cache = LocalCache(
             cache_root,
