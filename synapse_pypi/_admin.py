@@ -27,6 +27,7 @@ from synapse.module_api import DirectServeJsonResource, ModuleApi
 from synapse.module_api.errors import SynapseError
 
 from synapse_pypi._backends import Backends
+from synapse_pypi._errors import HttpError
 from synapse_pypi._files import LocalCache
 from synapse_pypi._names import InvalidName, is_safe_filename, normalize
 from synapse_pypi._store import Store
@@ -114,7 +115,10 @@ class AdminResource(DirectServeJsonResource):
                 for name, (sha, size) in sorted(cached.items()) if not name.endswith(".metadata")
             ]}
         if len(path) == 3 and path[:2] == ("v1", "snapshots") and self._snapshot_names is not None:
-            named = await self._snapshot_names.resolve(path[2])
+            try:
+                named = await self._snapshot_names.resolve(path[2])
+            except HttpError as e:
+                raise SynapseError(e.code, e.reason, "M_NOT_FOUND" if e.code == 404 else "M_UNKNOWN")
             return 200, attrs.asdict(named)
         if path == ("v1", "trust"):
             if self._trust is None:
@@ -228,7 +232,10 @@ class AdminResource(DirectServeJsonResource):
             body = parse_json_object_from_request(request)
             if set(body) != {"cid"} or not isinstance(body["cid"], str):
                 raise _bad('the body must be {"cid": "<CID>"}')
-            return 200, await self._snapshot_names.publish(path[2], body["cid"], user_id)
+            try:
+                return 200, await self._snapshot_names.publish(path[2], body["cid"], user_id)
+            except HttpError as e:
+                raise SynapseError(e.code, e.reason, "M_INVALID_PARAM" if e.code == 400 else "M_UNKNOWN")
         if path == ("v1", "known_files"):
             from synapse.module_api import parse_json_object_from_request
 
