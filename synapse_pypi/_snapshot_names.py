@@ -42,8 +42,8 @@ def is_cid(text: str) -> bool:
 def check_name(name: str) -> str:
     """A snapshot name: lower-case letters, digits, '-' and '_'; or NAME:SERVER for another
     server's."""
-    local, _, server = name.partition(":")
-    if not NAME_RE.match(local) or (server and not re.match(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$", server)):
+    local, colon, server = name.partition(":")
+    if not NAME_RE.match(local) or (colon and not re.match(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$", server)):
         raise HttpError(400, f"{name!r} is not a snapshot name (lower-case letters, digits, '-' and '_', "
                              "optionally :SERVER)")
     return name
