@@ -13,11 +13,13 @@ from synapse_pypi import index
 from synapse_pypi._admin import AdminResource
 from synapse_pypi._backends import Backends
 from synapse_pypi._browse import make_resource as make_browse_resource
+from synapse_pypi._community import CommunityIndexes, CommunityResource
 from synapse_pypi._config import PyPIConfig, parse_config
 from synapse_pypi._files import FileChain, LocalCache, blob_path
 from synapse_pypi._matrix_queue import MatrixQueue, QueueSettings, RequestGauge
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._pages import PageBudget, PageService
+from synapse_pypi._room_reader import RoomReader
 from synapse_pypi._serve_policy import TrustServePolicy
 from synapse_pypi._snapshot_names import SnapshotNames
 from synapse_pypi._snapshots import SnapshotJudge, SnapshotReader, SnapshotResource
@@ -143,42 +145,39 @@ class PyPIModule:
             clock=reactor,
         )
         api.register_third_party_rules_callbacks(on_new_event=self._trust.on_new_event)
-        self._simple = SimpleResource(
-            self._pages,
-            self._files,
-            page_max_age=config.page_ttl_ms // 1000,
-            run_in_background=run_in_background,
-            yieldable=make_deferred_yieldable,
-            clock=reactor,
-            trust=self._trust,
-            policy=self._policy,
-            x_accel_redirect=config.x_accel_redirect,
-            gauge=self._gauge,
-            defer_to_thread=api.defer_to_thread,
-        )
+
+        def index_resource(cls: Any, **extra: Any) -> Any:
+            """A resource that serves index pages and files as /simple/ does."""
+            return cls(
+                self._pages,
+                self._files,
+                page_max_age=config.page_ttl_ms // 1000,
+                run_in_background=run_in_background,
+                yieldable=make_deferred_yieldable,
+                clock=reactor,
+                trust=self._trust,
+                policy=self._policy,
+                gauge=self._gauge,
+                defer_to_thread=api.defer_to_thread,
+                **extra,
+            )
+
+        self._simple = index_resource(SimpleResource, x_accel_redirect=config.x_accel_redirect)
         # Requests that arrive before start-up finished wait for it.
         started = api.run_as_background_process("synapse_pypi_start", self._start)
-        self._simple.gate_on(started)
-        api.register_web_resource("/simple", self._simple)
         # Snapshots (static indexes in IPFS), judged by the same rooms; and their names.
         self._snapshot_names = SnapshotNames(api, config, self._signing_key, reactor)
-        snapshots = SnapshotResource(
-            self._pages,
-            self._files,
-            page_max_age=config.page_ttl_ms // 1000,
-            run_in_background=run_in_background,
-            yieldable=make_deferred_yieldable,
-            clock=reactor,
-            trust=self._trust,
-            policy=self._policy,
-            gauge=self._gauge,
-            defer_to_thread=api.defer_to_thread,
+        snapshots = index_resource(
+            SnapshotResource,
             reader=SnapshotReader(self._backends, config.max_page_size),
             judge=SnapshotJudge(self._trust),
             names=self._snapshot_names,
         )
-        snapshots.gate_on(started)
-        api.register_web_resource("/snapshots", snapshots)
+        # Community indexes: a room's list of projects and versions, served as an index.
+        communities = index_resource(CommunityResource, communities=CommunityIndexes(RoomReader(api, config, reactor)))
+        for path, resource in (("/simple", self._simple), ("/snapshots", snapshots), ("/index", communities)):
+            resource.gate_on(started)
+            api.register_web_resource(path, resource)
         # Pages for people: what is served and why (read-only, like the rooms).
         api.register_web_resource("/pypi", make_browse_resource(api, self._trust, self._pages, self._store))
         api.register_web_resource(

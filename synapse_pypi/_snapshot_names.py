@@ -22,7 +22,8 @@ import attrs
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 
 from synapse_pypi._errors import HttpError
-from synapse_pypi._matrix_writes import MatrixWrites, in_own_context
+from synapse_pypi._matrix_writes import MatrixWrites
+from synapse_pypi._room_reader import RoomReader
 from synapse_pypi.trust import key_id, parse_public_key
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class SnapshotNames:
         self._key = signing_key
         self._clock = clock
         self._writes = MatrixWrites(api)
-        self.bot = f"@{config.bot_localpart}:{api.server_name}"
+        self._rooms = RoomReader(api, config, clock)
+        self.bot = self._rooms.bot
         self._pinned: Dict[str, Dict[str, Any]] = {
             mxid: dict(parse_public_key(k) for k in keys) for mxid, keys in config.trusted_keys.items()
         }
@@ -110,10 +112,10 @@ class SnapshotNames:
 
     async def _room_for(self, name: str) -> str:
         alias = self.alias(name)
-        found = await self._lookup(alias)
+        found = await self._rooms.lookup(alias)
         if found is not None:
             room_id = found[0]
-            creator = await self._creator(room_id)
+            creator = await self._rooms.creator(room_id)
             if creator != self.bot:
                 raise HttpError(409, f"{alias} belongs to a room made by {creator}, not by {self.bot}")
             return room_id
@@ -153,18 +155,12 @@ class SnapshotNames:
 
     async def _read(self, name: str) -> Named:
         alias = self.alias(name)
-        found = await self._lookup(alias)
-        if found is None:
-            raise HttpError(404, f"no snapshot is named {name} (no room {alias})")
-        room_id, servers = found
-        server = alias.split(":", 1)[1]
-        maker = f"@{self._config.bot_localpart}:{server}"
-        if server != self._api.server_name:
-            await self._join(room_id, [server] + [s for s in servers if s != server])
-        creator = await self._creator(room_id)
+        room_id = await self._rooms.open(alias, f"snapshot is named {name}: no room")
+        maker = f"@{self._config.bot_localpart}:{alias.split(':', 1)[1]}"
+        creator = await self._rooms.creator(room_id)
         if creator != maker:
             raise HttpError(409, f"{alias} was made by {creator}, not by {maker}: not a snapshot room")
-        state = await self._api.get_room_state(room_id, [(SNAPSHOT_TYPE, None)])
+        state = await self._rooms.state(room_id, [(SNAPSHOT_TYPE, None)])
         best: Optional[Named] = None
         for (_type, state_key), event in state.items():
             named = self._valid(name, room_id, event.sender, state_key, dict(event.content))
@@ -195,49 +191,6 @@ class SnapshotNames:
                 continue
             return Named(name, cid, sender, when, room_id)
         return None
-
-    async def _lookup(self, alias: str) -> Optional[Tuple[str, list]]:
-        try:
-            room_id, servers = await self._bounded(self._api.lookup_room_alias(alias))
-        except Exception as e:
-            if getattr(e, "code", None) == 404:
-                return None
-            if isinstance(e, TimeoutError):
-                raise HttpError(504, f"{alias}: no answer within {self._config.peer_timeout_s:g}s")
-            logger.info("looking up %s failed: %s", alias, e)
-            return None
-        return str(room_id), list(servers)
-
-    async def _join(self, room_id: str, servers: list) -> None:
-        membership = await self._api.get_room_state(room_id, [("m.room.member", self.bot)])
-        member = membership.get(("m.room.member", self.bot))
-        if member is not None and dict(member.content).get("membership") == "join":
-            return
-        try:
-            await self._bounded(self._writes.membership(
-                sender=self.bot, target=self.bot, room_id=room_id, new_membership="join", remote_room_hosts=servers
-            ))
-        except Exception as e:
-            raise HttpError(502, f"could not join the snapshot room {room_id}: {e}")
-
-    async def _creator(self, room_id: str) -> Optional[str]:
-        create = (await self._api.get_room_state(room_id, [("m.room.create", "")])).get(("m.room.create", ""))
-        return create.sender if create is not None else None
-
-    async def _bounded(self, awaitable: Any) -> Any:
-        """At most `peer_timeout` for a call that may go over federation."""
-        from synapse.module_api import make_deferred_yieldable
-        from twisted.internet import defer
-
-        async def call() -> Any:
-            return await awaitable
-
-        d = in_own_context(self._api.server_name, "snapshot_name", call)
-        d.addTimeout(self._config.peer_timeout_s, self._clock)
-        try:
-            return await make_deferred_yieldable(d)
-        except defer.TimeoutError:
-            raise TimeoutError(f"no answer within {self._config.peer_timeout_s:g}s")
 
 
 class _Keyed:
