@@ -172,7 +172,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 results["runs"][f"{client}/{version}"] = one_run(
                     client, version, python_path, work / f"{client}-{version}", dists, sizes, len(wheels)
                 )
-    pip_version = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True).stdout
+    from harness.clients import PIP, tool_python
+
+    # The pip the installs ran (the harness's default), not the one of this interpreter.
+    pip_version = subprocess.run([tool_python(PIP), "-m", "pip", "--version"], capture_output=True, text=True).stdout
     uv_version = subprocess.run([uv_bin(), "--version"], capture_output=True, text=True).stdout
     results["clients"] = {"pip": pip_version.split(" from ")[0].strip(), "uv": uv_version.strip()}
     results["seconds"] = time.monotonic() - t0
