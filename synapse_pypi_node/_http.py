@@ -649,7 +649,6 @@ class ApiHandler(_Handler):
             raise KuboError("cannot specify negative offset")
         if length is not None and length < 0:
             raise KuboError("cannot specify negative length")
-        node = self.server.node
         timeout = query.timeout(self.server.default_timeout)
         deadline = time.monotonic() + timeout
         # Only the roots are read here (fetched first if they are not local); every other
