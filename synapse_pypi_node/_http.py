@@ -3,7 +3,8 @@ and the optional read-only gateway (`GET /ipfs/<cid>[/path]`), one thread per co
 
 `add` of a directory, as Kubo's clients send it: multipart/form-data, one part per file and per
 directory, each part's Content-Disposition `filename` its URL-encoded path relative to the
-upload (`snap%2Fsimple%2Findex.html`); directories have `Content-Type: application/x-directory`
+upload (`snap%2Fsimple%2Findex.html`, decoded as Go's url.QueryUnescape: "+" is a space);
+directories have `Content-Type: application/x-directory`
 and an empty body, files `application/octet-stream`. Parts may come in any order; parents not
 sent are made. One top-level directory is added, or with `wrap-with-directory=true` every
 top-level entry inside a directory named "". The answer is one JSON line `{"Name", "Hash",
@@ -565,7 +566,9 @@ class ApiHandler(_Handler):
                 if headers is None:
                     break
                 raw_name = headers.get_param("filename", header="content-disposition")
-                name = urllib.parse.unquote(raw_name) if isinstance(raw_name, str) else ""
+                # Kubo decodes with Go's url.QueryUnescape ("+" is a space), as its Go client
+                # encodes with url.QueryEscape; %20 and %2B, as other clients send, work too.
+                name = urllib.parse.unquote_plus(raw_name) if isinstance(raw_name, str) else ""
                 if headers.get_content_type() == "application/x-directory":
                     upload.directory(name)
                     parts.read_body(None)

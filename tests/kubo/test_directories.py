@@ -49,7 +49,9 @@ def snapshot_tree() -> Tree:
     ]
 
 
-def tree_multipart(tree: Tree, boundary: Optional[str] = None) -> Tuple[bytes, str]:
+def tree_multipart(tree: Tree, boundary: Optional[str] = None,
+                   encode: Callable[[str], str] = lambda p: urllib.parse.quote(p, safe="")
+                   ) -> Tuple[bytes, str]:
     """The body Kubo's clients send for `add` of a directory: URL-encoded paths as file names,
     directories as empty application/x-directory parts."""
     boundary = boundary or uuid.uuid4().hex
@@ -57,7 +59,7 @@ def tree_multipart(tree: Tree, boundary: Optional[str] = None) -> Tuple[bytes, s
     for path, content in tree:
         out += b"--%s\r\n" % boundary.encode()
         out += b'Content-Disposition: form-data; name="file"; filename="%s"\r\n' % (
-            urllib.parse.quote(path, safe="").encode())
+            encode(path).encode())
         if content is None:
             out += b"Content-Type: application/x-directory\r\n\r\n\r\n"
         else:
@@ -161,6 +163,16 @@ def test_add_of_a_tree_only_hash_and_pin_false(kubo: KuboNodeProcess) -> None:
     assert cid == line["Hash"]
     assert b"is not pinned" in kubo.rpc("pin/ls", [("arg", cid)]).body
     assert kubo.cat("/ipfs/%s/one" % cid).body == tree[1][1]
+
+
+def test_add_decodes_names_as_kubo_does(kubo: KuboNodeProcess) -> None:
+    # Kubo's Go client escapes with url.QueryEscape (a space is "+") and Kubo unescapes with
+    # url.QueryUnescape; a name holding a "+" comes as %2B.
+    tree: Tree = [("d", None), ("d/a b+c.txt", b"plus\n")]
+    body, ctype = tree_multipart(tree, encode=urllib.parse.quote_plus)
+    reply = kubo.rpc("add", body=body, headers={"Content-Type": ctype})
+    assert [line["Name"] for line in reply.json_lines()] == ["d/a b+c.txt", "d"], reply
+    assert kubo.cat("/ipfs/%s/a b+c.txt" % reply.json_lines()[-1]["Hash"]).body == b"plus\n"
 
 
 def test_add_wrap_with_directory(kubo: KuboNodeProcess) -> None:
