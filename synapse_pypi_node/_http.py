@@ -5,8 +5,9 @@ and the optional read-only gateway (`GET /ipfs/<cid>[/path]`), one thread per co
 directory, each part's Content-Disposition `filename` its URL-encoded path relative to the
 upload (`snap%2Fsimple%2Findex.html`, decoded as Go's url.QueryUnescape: "+" is a space);
 directories have `Content-Type: application/x-directory`
-and an empty body, files `application/octet-stream`. Parts may come in any order; parents not
-sent are made. One top-level directory is added, or with `wrap-with-directory=true` every
+and an empty body, files `application/octet-stream`. Parts may come in any order here, and
+parents not sent are made; a Kubo daemon reads them as a depth-first walk (each directory's
+part before its entries, a directory's entries together), so clients should send that. One top-level directory is added, or with `wrap-with-directory=true` every
 top-level entry inside a directory named "". The answer is one JSON line `{"Name", "Hash",
 "Size"}` per file and directory (Name: its path from the top-level name; Size: Kubo's
 cumulative DAG size, as a string), each directory after its entries and the root last; with
