@@ -365,16 +365,19 @@ def _metadata(mirror: _Mirror, name: str, f: index.DistFile, directory: Path, pr
 
 
 def _parts(top: Path) -> list[tuple[str, Path | None]]:
-    """(relative name, file path or None for a directory), parents before children, sorted."""
-    out: list[tuple[str, Path | None]] = [(top.name, None)]
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        base = Path(dirpath)
-        rel = base.relative_to(top.parent).as_posix()
-        for d in dirnames:
-            out.append((f"{rel}/{d}", None))
-        for fn in sorted(filenames):
-            out.append((f"{rel}/{fn}", base / fn))
+    """(relative name, file path or None for a directory) depth first, as Kubo's multipart
+    reader needs them: each directory's part, then its entries (sorted) together."""
+    out: list[tuple[str, Path | None]] = []
+
+    def walk(directory: Path, name: str) -> None:
+        out.append((name, None))
+        for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+            if entry.is_dir():
+                walk(entry, f"{name}/{entry.name}")
+            else:
+                out.append((f"{name}/{entry.name}", entry))
+
+    walk(top, top.name)
     return out
 
 

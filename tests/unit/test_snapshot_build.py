@@ -83,21 +83,22 @@ def test_everything_means_what_the_mirror_holds():
     assert names(_wanted_files(PAGE, Selection(everything=True), held)) == ["lib-1.0.tar.gz", "lib-2.0-py3-none-any.whl"]
 
 
-def test_the_multipart_parts_come_parents_first_and_sorted(tmp_path):
+def test_the_multipart_parts_come_depth_first_and_sorted(tmp_path):
     top = tmp_path / "snapshot"
     (top / "simple" / "b").mkdir(parents=True)
     (top / "simple" / "a").mkdir()
     (top / "simple" / "index.html").write_text("root")
     (top / "simple" / "b" / "z.whl").write_bytes(b"z")
     (top / "simple" / "b" / "index.html").write_text("b")
+    # Kubo's multipart reader wants each directory's entries right after it, together.
     assert [(name, path is None) for name, path in _parts(top)] == [
         ("snapshot", True),
         ("snapshot/simple", True),
         ("snapshot/simple/a", True),
         ("snapshot/simple/b", True),
-        ("snapshot/simple/index.html", False),
         ("snapshot/simple/b/index.html", False),
         ("snapshot/simple/b/z.whl", False),
+        ("snapshot/simple/index.html", False),
     ]
 
 
