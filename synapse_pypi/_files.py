@@ -341,6 +341,8 @@ class Download:
         # Bumped when a source is given up on and the next one starts again from byte 0:
         # a client that was already sent bytes of the old attempt must be cut off.
         self.attempt = 0
+        # Where the bytes come from now ("backend", then "upstream" if no backend had them).
+        self.source = "upstream"
         self._waiters: List[defer.Deferred[None]] = []
 
     @property
@@ -541,6 +543,7 @@ class FileChain:
         if dl.ok and dl.sha256 is not None:
             hit = self._cache.open(dl.sha256, wanted.filename)
             if hit is not None:
+                hit.source = dl.source  # downloaded for this request, not a cache hit
                 return hit
         return self._tail(dl)
 
@@ -563,6 +566,7 @@ class FileChain:
             if dl.ok and dl.sha256 is not None:
                 hit = self._cache.open(dl.sha256, wanted.filename)
                 if hit is not None:
+                    hit.source = dl.source
                     return hit
             raise dl.error or UpstreamBadResponse(wanted.url, "download failed")
         return TailResponder(dl, fd, wanted.filename, content_type(wanted.filename), dl.length, wanted.sha256)
@@ -594,8 +598,10 @@ class FileChain:
             dl.partial = partial
             got = None
             if wanted.sha256 and self._backends is not None:
+                dl.source = "backend"
                 got = await self._from_backends(dl, partial)
             if got is None:
+                dl.source = "upstream"
                 got = await self._from_upstream(dl, partial, reserved)
             sha256, size = got
             partial.close()
