@@ -12,8 +12,8 @@ registers a name twice. Two kinds:
   the live modules through weak references (`watch`): nothing is counted twice.
 
 Synapse scrapes from its own thread (`synapse.app._base.listen_metrics`) while the reactor
-changes that state: readings copy what they iterate and give up on a reading that raced
-with a change (the next scrape has it), as Synapse's own `LaterGauge` callbacks do.
+changes that state (as Synapse's own `LaterGauge` callbacks read theirs): readings copy
+what they iterate and give up on one that raced with a change (the next scrape has it).
 
 Labels take a few fixed values each (never a path, a project or a file name), so that the
 number of series stays bounded whatever clients ask for.
@@ -39,9 +39,7 @@ PREFIX = "synapse_pypi_"
 # Routes of the `route` label (docs/operations.md); `other` is a path under /simple/ that
 # is none of these (answered 404).
 ROUTES = ("simple_root", "simple_project", "file", "metadata", "admin", "browse", "other")
-# Where the bytes of a file response came from.
-SOURCES = ("cache", "backend", "upstream")
-# The status label of a request whose connection closed before the response was complete
+# The status label of a request whose connection closed before the whole response was sent
 # (the client went away, or a download was cut off because its bytes were no good).
 ABORTED = "aborted"
 
@@ -87,10 +85,23 @@ def track_request(request: Any, route: str) -> None:
     """Count the request under `route` and its status once it is over."""
 
     def done(result: Any) -> None:
-        # A Failure: the connection was lost before the response was finished.
-        REQUESTS.labels(route, ABORTED if isinstance(result, Failure) else str(request.code)).inc()
+        # A Failure: the connection was lost before the response was finished. A client
+        # that has read a whole file may close first, before the reactor finished the
+        # response that sendfile(2) sent (Synapse logs such a request as "200!"): that
+        # response was complete all the same.
+        lost = isinstance(result, Failure) and not _all_sent(request)
+        REQUESTS.labels(route, ABORTED if lost else str(request.code)).inc()
 
     request.notifyFinish().addBoth(done)
+
+
+def _all_sent(request: Any) -> bool:
+    """Whether the body the response announced (Content-Length) was sent whole."""
+    length = request.responseHeaders.getRawHeaders(b"content-length")
+    try:
+        return bool(length) and int(length[0]) == request.sentLength
+    except ValueError:
+        return False
 
 
 def file_served(route: str, source: Optional[str], body_bytes: int) -> None:
@@ -258,23 +269,25 @@ class _StateCollector(Collector):
         # first ban would make `increase()` miss that ban.
         bans = {(source, who): 0 for source in POLICY_SOURCES for who in ("this_mirror", "others")}
         for watched in list(_LIVE):
-            found = _read("trust counters", watched.trust.counters, {})
+            no_counters: Dict[str, Any] = {}
+            found = _read("trust counters", watched.trust.counters, no_counters)
             for key in _MODERATION:
                 totals[key] += float(found.get(key, 0))
             queue = watched.queue
-            totals["queue"] += _read("the Matrix queue", lambda q=queue: len(q), 0)
+            totals["queue"] += _read("the Matrix queue", queue.__len__, 0)
             for outcome in outcomes:
                 outcomes[outcome] += getattr(queue, outcome, 0)
             if watched.backends is not None:
                 totals["pending"] += watched.backends.pending_adds
             totals["cache"] += watched.cache.total_size
             totals["cache_max"] += watched.cache.max_size
-            for key, n in _read("bans", watched.bans, {}).items():
-                bans[key] = bans.get(key, 0) + n
+            no_bans: Dict[Tuple[str, str], int] = {}
+            for ban, n in _read("bans", watched.bans, no_bans).items():
+                bans[ban] = bans.get(ban, 0) + n
         for key, value in totals.items():
             families[key].add_metric([], value)
-        for outcome, n in outcomes.items():
-            families["jobs"].add_metric([outcome], n)
+        for outcome, jobs in outcomes.items():
+            families["jobs"].add_metric([outcome], jobs)
         for (source, who), n in sorted(bans.items()):
             families["bans"].add_metric([source, who], n)
         return list(families.values())

@@ -248,8 +248,9 @@ class TailResponder(_OpenFile):
         self.length = length
         self.sha256 = sha256
 
-    @property  # type: ignore[override]  # the download may move on to another source
-    def source(self) -> Optional[str]:
+    # A property: the download may move on to another source while this streams.
+    @property
+    def source(self) -> Optional[str]:  # type: ignore[override]  # read-only here, on purpose
         return self._progress.source
 
     def write_to(self, consumer: Consumer, first: int = 0, last: Optional[int] = None) -> "defer.Deferred[None]":

@@ -71,9 +71,25 @@ def test_a_request_is_counted_by_route_and_status_once_it_is_over():
     ok.code = 404  # as twisted.web.http.Request keeps it (DummyRequest keeps responseCode)
     assert sample("synapse_pypi_requests_total", route="simple_project", status="404") == before_ok
     ok.finish()
+    lost.responseHeaders.setRawHeaders(b"content-length", [b"1000"])
+    lost.sentLength = 999
     lost.processingFailed(Failure(ConnectionError("client went away")))
     assert sample("synapse_pypi_requests_total", route="simple_project", status="404") == before_ok + 1
     assert sample("synapse_pypi_requests_total", route="file", status=_metrics.ABORTED) == before_lost + 1
+
+
+def test_a_client_that_closes_after_reading_the_whole_body_is_not_counted_as_aborted():
+    # What happens with sendfile: the client has every byte and closes before the reactor
+    # finished the response.
+    request = DummyRequest([b"foo", b"x.whl"])
+    request.code = 200
+    before = {s: sample("synapse_pypi_requests_total", route="file", status=s) for s in ("200", _metrics.ABORTED)}
+    _metrics.track_request(request, "file")
+    request.responseHeaders.setRawHeaders(b"content-length", [b"1000"])
+    request.sentLength = 1000
+    request.processingFailed(Failure(ConnectionError("client closed")))
+    assert sample("synapse_pypi_requests_total", route="file", status="200") == before["200"] + 1
+    assert sample("synapse_pypi_requests_total", route="file", status=_metrics.ABORTED) == before[_metrics.ABORTED]
 
 
 def test_upstream_requests_are_timed_on_the_injected_clock_failures_apart():
