@@ -26,6 +26,7 @@ import attrs
 from synapse.module_api import DirectServeJsonResource, ModuleApi
 from synapse.module_api.errors import SynapseError
 
+from synapse_pypi import _metrics
 from synapse_pypi._backends import Backends
 from synapse_pypi._errors import HttpError
 from synapse_pypi._files import LocalCache
@@ -74,6 +75,10 @@ class AdminResource(DirectServeJsonResource):
         if not await self._api.is_user_admin(user_id):
             raise SynapseError(403, "You are not a server admin", "M_FORBIDDEN")
         return user_id
+
+    def render(self, request: Any) -> Any:
+        _metrics.track_request(request, "admin")
+        return super().render(request)
 
     def _path(self, request: Any) -> Tuple[str, ...]:
         return tuple(p.decode("utf-8", "replace") for p in request.postpath if p)

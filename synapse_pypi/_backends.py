@@ -78,6 +78,11 @@ class Backends:
     def has_pending(self, sha256: str) -> bool:
         return sha256 in self._pending
 
+    @property
+    def pending_adds(self) -> int:
+        """Blobs still to be added to some backend (read by the metrics, from their thread)."""
+        return len(self._pending)
+
     async def start(self) -> None:
         for _name, backend in self.backends:
             try:

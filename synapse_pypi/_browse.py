@@ -11,6 +11,7 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
+from synapse_pypi import _metrics
 from synapse_pypi._names import InvalidName, normalize
 
 _STYLE = """
@@ -155,6 +156,10 @@ def make_resource(api: Any, trust: Any, pages: Any, store: Any) -> Any:
 
     class BrowseResource(DirectServeHtmlResource):
         isLeaf = True
+
+        def render(self, request: Any) -> Any:
+            _metrics.track_request(request, "browse")
+            return super().render(request)
 
         async def _async_render_GET(self, request: Any) -> Tuple[int, bytes]:
             project = project_from_path(list(request.postpath))

@@ -343,6 +343,8 @@ class Download:
         # Bumped when a source is given up on and the next one starts again from byte 0:
         # a client that was already sent bytes of the old attempt must be cut off.
         self.attempt = 0
+        # Where the bytes come from now ("backend", then "upstream" if no backend had them).
+        self.source = "upstream"
         self._waiters: List[defer.Deferred[None]] = []
 
     @property
@@ -543,6 +545,7 @@ class FileChain:
         if dl.ok and dl.sha256 is not None:
             hit = self._cache.open(dl.sha256, wanted.filename)
             if hit is not None:
+                hit.source = dl.source  # downloaded for this request, not a cache hit
                 return hit
         return self._tail(dl)
 
@@ -565,6 +568,7 @@ class FileChain:
             if dl.ok and dl.sha256 is not None:
                 hit = self._cache.open(dl.sha256, wanted.filename)
                 if hit is not None:
+                    hit.source = dl.source
                     return hit
             raise dl.error or UpstreamBadResponse(wanted.url, "download failed")
         return TailResponder(dl, fd, wanted.filename, content_type(wanted.filename), dl.length, wanted.sha256)
@@ -596,8 +600,10 @@ class FileChain:
             dl.partial = partial
             got = None
             if wanted.sha256 and self._backends is not None:
+                dl.source = "backend"
                 got = await self._from_backends(dl, partial)
             if got is None:
+                dl.source = "upstream"
                 got = await self._from_upstream(dl, partial, reserved)
             sha256, size = got
             partial.close()

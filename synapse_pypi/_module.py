@@ -9,7 +9,7 @@ import attrs
 from synapse.module_api import ModuleApi, make_deferred_yieldable, run_in_background
 from twisted.internet import reactor
 
-from synapse_pypi import index
+from synapse_pypi import _metrics, index
 from synapse_pypi._admin import AdminResource
 from synapse_pypi._backends import Backends
 from synapse_pypi._browse import make_resource as make_browse_resource
@@ -145,6 +145,8 @@ class PyPIModule:
             clock=reactor,
         )
         api.register_third_party_rules_callbacks(on_new_event=self._trust.on_new_event)
+        # Read at every scrape of Synapse's metrics listener (docs/operations.md).
+        self._watched = _metrics.watch(_metrics.Watched(self._trust, self._queue, self._cache, self._backends))
 
         def index_resource(cls: Any, **extra: Any) -> Any:
             """A resource that serves index pages and files as /simple/ does."""

@@ -19,6 +19,7 @@ from synapse_pypi import index
 from synapse_pypi._config import PyPIConfig
 from synapse_pypi._matrix_queue import MatrixQueue
 from synapse_pypi._matrix_writes import MatrixWrites
+from synapse_pypi._metrics import ATTESTATIONS_PUBLISHED
 from synapse_pypi._rooms import Rooms, to_room_event
 from synapse_pypi._store import Store
 from synapse_pypi.trust import (
@@ -335,6 +336,7 @@ class Publisher:
         room.apply(rev)
         self._rooms.keep(room, [rev])
         logger.info("attested %s/%s sha256 %s cid %s", project, dist.filename, sha256, cid)
+        ATTESTATIONS_PUBLISHED.inc()
         if mine is None or not mine.valid:
             self._summarise(project, room, dist.filename, sha256)
 

@@ -99,6 +99,7 @@ class Progress(Protocol):
 
     attempt: int
     error: Optional[BaseException]
+    source: str  # where the bytes come from: "backend" or "upstream"
 
     def readable(self) -> int:
         """How many bytes may be sent now."""
@@ -133,6 +134,8 @@ class Responder:
         ranges: `write_to` can send a byte range.
         mtime: modification time, for Last-Modified.
         cache_path: the file's path relative to the cache directory, for X-Accel-Redirect.
+        source: where the body comes from, for metrics: "cache", "backend", "upstream", or
+            None (no body).
     """
 
     content_type = "application/octet-stream"
@@ -142,6 +145,7 @@ class Responder:
     ranges = False
     mtime: Optional[float] = None
     cache_path: Optional[str] = None
+    source: Optional[str] = None
 
     def write_to(self, consumer: Consumer, first: int = 0, last: Optional[int] = None) -> "defer.Deferred[None]":
         """Stream the body (bytes `first` to `last` inclusive, where `ranges`).
@@ -203,6 +207,7 @@ class FileResponder(_OpenFile):
 
     verified = True
     ranges = True
+    source: Optional[str] = "cache"
 
     def __init__(
         self,
@@ -243,6 +248,11 @@ class TailResponder(_OpenFile):
         self.length = length
         self.sha256 = sha256
 
+    # A property: the download may move on to another source while this streams.
+    @property
+    def source(self) -> Optional[str]:  # type: ignore[override]  # read-only here, on purpose
+        return self._progress.source
+
     def write_to(self, consumer: Consumer, first: int = 0, last: Optional[int] = None) -> "defer.Deferred[None]":
         return _Streamer(consumer, self._fd, 0, _Follow(self._progress), self._name).start()
 
@@ -274,6 +284,7 @@ class RelayResponder(Responder):
         self.content_type = content_type
         self.sha256 = sha256
         self.length = length
+        self.source = "upstream"
         self._started = False
 
     def write_to(self, consumer: Consumer, first: int = 0, last: Optional[int] = None) -> "defer.Deferred[None]":

@@ -19,6 +19,7 @@ from twisted.web import http
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
+from synapse_pypi._metrics import upstream_timer
 from synapse_pypi._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,8 @@ class UpstreamClient:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        response = await self._request(url, headers)
+        with upstream_timer("page", self._reactor):
+            response = await self._request(url, headers)
         if response.code == 304:
             await _discard(response)
             raise NotModified()
@@ -300,7 +302,8 @@ class UpstreamClient:
         Raises:
             UpstreamError: the file cannot be had (status, connection, timeout).
         """
-        response = await self._request(url, {"Accept": "*/*", "Accept-Encoding": "identity"})
+        with upstream_timer("file", self._reactor):
+            response = await self._request(url, {"Accept": "*/*", "Accept-Encoding": "identity"})
         self._check_status(url, response)
         return response
 

@@ -17,7 +17,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from synapse_pypi import index
+from synapse_pypi import _metrics, index
 from synapse_pypi._context import SingleFlight, fire_all
 from synapse_pypi._errors import HttpError
 from synapse_pypi._files import METADATA_SUFFIX, FileChain, WantedFile
@@ -137,6 +137,7 @@ class SimpleResource(Resource):
         started.addBoth(open_gate)
 
     def render(self, request: Any) -> Any:
+        _metrics.track_request(request, _metrics.route_of(list(request.postpath)))
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"Allow", b"GET, HEAD")
             send_error(request, http.NOT_ALLOWED, "only GET and HEAD are supported here")
@@ -361,9 +362,19 @@ class SimpleResource(Resource):
                 changes.update(url="", size=served.size, not_from_upstream=served.not_from_upstream)
             if changes:
                 wanted = attrs.evolve(wanted, **changes)
-        responder = await self._files.fetch(wanted, body=request.method != b"HEAD", first=first)
+        route = "metadata" if filename.endswith(METADATA_SUFFIX) else "file"
+        try:
+            responder = await self._files.fetch(wanted, body=request.method != b"HEAD", first=first)
+        except Exception:
+            _metrics.file_missed(route)
+            raise
         with responder:
-            await self._respond(request, responder)
+            try:
+                await self._respond(request, responder)
+            finally:
+                # sentLength counts the body only, sendfile's included; 0 for a HEAD, a 304
+                # or a file left to the reverse proxy (X-Accel-Redirect).
+                _metrics.file_served(route, responder.source, request.sentLength)
 
     async def _respond(self, request: Any, responder: Responder) -> None:
         """Status and headers from what the responder knows; then its body."""

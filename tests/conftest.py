@@ -6,7 +6,8 @@
     hs_backend         "sqlite" / "postgres" (parametrized; postgres skipped, with the reason,
                        when it is not reachable on 127.0.0.1:5432)
     synapse_factory    make SynapseServer objects: synapse_factory(module_config=..., db=...,
-                       extra_config=..., start=True, federation_port=..., federation_names=..., port=...);
+                       extra_config=..., start=True, federation_port=..., federation_names=..., port=...,
+                       metrics=...);
                        all are stopped and disposed at teardown
     client_python      the python of a fresh, empty venv for pip/uv to install into
     work_dir           a fresh directory for anything else a test wants on disk
@@ -122,6 +123,7 @@ def synapse_factory(tmp_path: Path) -> Iterator[Callable[..., SynapseServer]]:
         federation_port: int | None = None,
         federation_names: Any = (),
         port: int | None = None,
+        metrics: bool = False,
     ) -> SynapseServer:
         server = SynapseServer(
             tmp_path / f"hs{next(counter)}",
@@ -132,6 +134,7 @@ def synapse_factory(tmp_path: Path) -> Iterator[Callable[..., SynapseServer]]:
             federation_port=federation_port,
             federation_names=federation_names,
             port=port,
+            metrics=metrics,
         )
         servers.append(server)
         return server.start() if start else server

@@ -155,6 +155,7 @@ class SynapseServer:
         port: listener port; a free one is picked when omitted.
         python_path: directories put on Synapse's PYTHONPATH (e.g. a test's own
             storage backend module); the checkout itself never is.
+        metrics: also serve Prometheus metrics on a `metrics` listener (`metrics_url`).
     """
 
     def __init__(
@@ -168,7 +169,11 @@ class SynapseServer:
         python_path: Sequence[Path] = (),
         federation_port: int | None = None,
         federation_names: Sequence[str] = (),
+        metrics: bool = False,
     ) -> None:
+        # With metrics, Synapse serves Prometheus metrics (its own and the module's) on a
+        # `metrics` listener of its own, at `metrics_url`.
+        self.metrics_port = free_port() if metrics else None
         self.python_path = [str(p) for p in python_path]
         # With a federation port, the server is named after it (localhost:<port>: no
         # .well-known, no SRV) and serves federation over TLS there (SYNAPSE-FACTS section 3).
@@ -229,6 +234,10 @@ class SynapseServer:
             cfg["ip_range_whitelist"] = ["127.0.0.0/8", "::1/128"]
             cfg["federation_domain_whitelist"] = sorted({self.server_name, *self.federation_names})
             cfg["federation"] = {"destination_min_retry_interval": "1s", "destination_max_retry_interval": "2s"}
+        if self.metrics_port:
+            cfg["enable_metrics"] = True
+            listeners.append({"port": self.metrics_port, "bind_addresses": ["127.0.0.1"], "type": "metrics"})
+            cfg["listeners"] = listeners
         if self.db == "postgres":
             cfg["database"] = {
                 "name": "psycopg2",
@@ -319,6 +328,13 @@ class SynapseServer:
     def url(self) -> str:
         """http://127.0.0.1:PORT (the client listener; the module's /simple/ is under it)."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics listener's URL (Prometheus text format), for a server made with metrics."""
+        if not self.metrics_port:
+            raise RuntimeError("this SynapseServer was made without metrics=True")
+        return f"http://127.0.0.1:{self.metrics_port}/_synapse/metrics"
 
     @property
     def index_url(self) -> str:

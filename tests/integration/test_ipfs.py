@@ -14,6 +14,7 @@ import pytest
 from harness.clients import describe, installed_version, make_venv, pip_install
 from harness.dists import build_wheel, project_dir, sha256_file, wheel_filename
 from harness.matrix import poll
+from harness.metrics import scrape, value
 from harness.mirror import populate
 
 pytestmark = pytest.mark.synapse
@@ -138,7 +139,8 @@ def test_kubo_backend_adds_pins_survives_outage_and_serves(synapse_factory, upst
             "upstream_url": upstream.url,
             "storage_providers": [kubo_provider(node, timeout="5s")],
             "storage_retry_interval": "1s",
-        }
+        },
+        metrics=True,
     )
     token = admin(hs)
     poll(lambda: re.search(r"IPFS: kubo at \S+ is Kubo 0\.22\.0, peer \w+", hs.log_text()), what="node check logged")
@@ -163,10 +165,14 @@ def test_kubo_backend_adds_pins_survives_outage_and_serves(synapse_factory, upst
     poll(lambda: "is unavailable" in hs.log_text(), what="outage noticed")
     assert file_status(hs, token, sha256_file(gamma))["pending"] is True
     assert hs.log_text().count("is unavailable") == 1
+    # The adds waiting for the node show in the metrics (issue 13: IPFS queue depth).
+    assert value(scrape(hs), "synapse_pypi_storage_pending_adds") >= 2
     node.start()
     for f in (beta_sdist, gamma):
         poll(lambda f=f: file_status(hs, token, sha256_file(f))["stored"], what=f"{f.name} added after the outage")
     assert "is back after" in hs.log_text()
+    poll(lambda: value(scrape(hs), "synapse_pypi_storage_pending_adds") == 0, what="no adds pending in the metrics")
+    from_backends = value(scrape(hs), "synapse_pypi_served_bytes_total", source="backend")
 
     # Local cache wiped, upstream stopped: served from IPFS by the recorded CID.
     wipe_local_cache(hs)
@@ -174,6 +180,8 @@ def test_kubo_backend_adds_pins_survives_outage_and_serves(synapse_factory, upst
     status, _, body = get_file(hs, "alpha", alpha.name)
     assert status == 200 and body == alpha.read_bytes()
     assert re.search(rf"{re.escape(alpha.name)}: fetched from kubo at \S+ as {cid}", hs.log_text())
+    # ...and counted as bytes from a storage backend.
+    assert value(scrape(hs), "synapse_pypi_served_bytes_total", source="backend") - from_backends == len(body)
     assert file_status(hs, token, sha)["cached"] is True
 
     # A wrong CID recorded on purpose: the content is rejected and the upstream is next.
