@@ -9,9 +9,10 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
-from harness.clients import describe, installed_version, make_venv, pip_install, uv_install
+from harness.clients import describe, installed_version, make_venv, pip_install, run_client, uv_bin, uv_install
 from harness.dists import build_sdist, build_wheel, project_dir, read_wheel_metadata, sha256_file
 from harness.matrix import Client, poll
 from harness.mirror import UPSTREAM_TIMEOUT, populate
@@ -166,6 +167,23 @@ def test_bad_uploads_are_refused_and_store_nothing(
     assert {name: f["hashes"]["sha256"] for name, f in _files(hs, "corp-x").items()} == {good.name: sha256_file(good)}
     assert not _cached(hs, sha256_file_bytes(other))
 
+    # PEP 740 attestations sent with an upload are kept and served as its provenance.
+    signed = build_wheel(work_dir / "signed", "corp-x", "2.0", metadata_sidecar=False)
+    attestations = [{"version": 1, "verification_material": {"certificate": "MIIB"}, "envelope": {"statement": "e30="}}]
+    status, _, body = post_upload(url, carol.token, {**form_fields("corp-x", "2.0", signed.read_bytes()),
+                                                     "attestations": json.dumps(attestations)},
+                                  signed.name, signed.read_bytes())
+    assert status == 200, body
+    entry = _files(hs, "corp-x")[signed.name]
+    assert "provenance" not in _files(hs, "corp-x")[good.name]
+    # Relative to the page, as clients resolve it.
+    status, headers, body = http_request(urljoin(f"{url}/simple/corp-x/", entry["provenance"]), timeout=60)
+    assert status == 200 and headers["content-type"] == "application/vnd.pypi.integrity.v1+json", body
+    bundle = json.loads(body)["attestation_bundles"][0]
+    assert bundle["attestations"] == attestations and bundle["publisher"]["uploader"] == carol.user_id
+    status, _, html = http_request(f"{url}/simple/corp-x/", headers={"Accept": "text/html"}, timeout=60)
+    assert b"data-provenance=" in html
+
 
 def sha256_file_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -213,6 +231,13 @@ def test_dependency_confusion_under_each_setting(
     status, _, body = post_upload(hs.url, admin.token, form_fields("alpha", "1.0", clash),
                                   "alpha-1.0-py3-none-any.whl", clash)
     _refused(status, body, 409, "exists in the upstream index with other bytes")
+
+    # uv publish speaks the same API.
+    uv_made = build_wheel(out / "uv", "corp-uv", "1.0", metadata_sidecar=False)
+    proc = run_client([uv_bin(), "publish", "--publish-url", f"{hs.url}/legacy/", "--username", "__token__",
+                       "--password", admin.token, uv_made])
+    assert proc.returncode == 0, describe(proc)
+    assert _files(hs, "corp-uv")[uv_made.name]["hashes"] == {"sha256": sha256_file(uv_made)}
 
     # A name the upstream does not have becomes local; when the upstream registers it
     # later, the local project still serves only its own files.
