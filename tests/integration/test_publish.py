@@ -9,7 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import pytest
 from harness.clients import describe, installed_version, make_venv, pip_install, run_client, uv_bin, uv_install
@@ -114,10 +114,12 @@ def test_bad_uploads_are_refused_and_store_nothing(
     upstream = upstream_factory()
     port = free_port()
     hs = synapse_factory(port=port, module_config=_config(
-        upstream, max_upload_size="16K", uploaders={"corp-x": [f"@carol:localhost:{port}"]}))
+        upstream, max_upload_size="16K", uploaders={"corp-x": [f"@carol:localhost:{port}"]},
+        publishers=[f"@pat:localhost:{port}"]))
     admin = Client.register(hs, "admin", admin=True)
     carol = Client.register(hs, "carol")
     dave = Client.register(hs, "dave")
+    pat = Client.register(hs, "pat")  # a publisher: attestation power in every project room, once there is one
     good = build_wheel(work_dir / "good", "corp-x", "1.0", metadata_sidecar=False)
     data = good.read_bytes()
     fields = form_fields("corp-x", "1.0", data)
@@ -134,6 +136,7 @@ def test_bad_uploads_are_refused_and_store_nothing(
     _refused(*post(None), 401, "__token__")
     _refused(*post("syt_not_a_token"), 401, "access token is not valid")
     _refused(*post(dave.token), 403, "may not upload files of corp-x")
+    _refused(*post(pat.token), 403, "may not upload files of corp-x")
     _refused(*post(admin.token, name="corp-y"), 400, "the form says 'corp-y'")
     _refused(*post(admin.token, version="1.1"), 400, "the file name has version 1.0")
     _refused(*post(admin.token, filetype="bdist_egg"), 400, "'filetype'")
@@ -183,6 +186,28 @@ def test_bad_uploads_are_refused_and_store_nothing(
     assert bundle["attestations"] == attestations and bundle["publisher"]["uploader"] == carol.user_id
     status, _, html = http_request(f"{url}/simple/corp-x/", headers={"Accept": "text/html"}, timeout=60)
     assert b"data-provenance=" in html
+
+    # Power in the project's room (here a publisher's, given by the bot) lets one upload too.
+    room = poll(lambda: _room_with(admin, f"#pypi-corp-x:{hs.server_name}", pat.user_id), what="corp-x's room")
+    assert room
+    third = build_wheel(work_dir / "third", "corp-x", "3.0", metadata_sidecar=False).read_bytes()
+    assert post(pat.token, content=third, filename="corp_x-3.0-py3-none-any.whl", version="3.0")[0] == 200
+    _refused(*post(dave.token, content=third, filename="corp_x-3.0-py3-none-any.whl", version="3.0"), 403,
+             "may not upload")
+
+
+def _room_with(admin: Client, alias: str, user: str) -> Any:
+    """The room of `alias` once `user` has attestation power in it, else None."""
+    status, _, body = admin.hs.request("GET", f"/_matrix/client/v3/directory/room/{quote(alias)}", token=admin.token)
+    if status != 200:
+        return None
+    room_id = json.loads(body)["room_id"]
+    status, _, body = admin.hs.request(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels/", token=admin.token)
+    if status != 200:  # the admin is not in the room: read it from the room's public state
+        admin.join(room_id)
+        return None
+    return room_id if json.loads(body).get("users", {}).get(user, 0) >= 60 else None
 
 
 def sha256_file_bytes(data: bytes) -> str:
@@ -247,3 +272,31 @@ def test_dependency_confusion_under_each_setting(
     build_wheel(project_dir(dists_dir, "corp-late"), "corp-late", "99.0")
     assert http_request(f"{upstream.url}corp-late/", timeout=60)[0] == 200
     assert set(_files(hs, "corp-late")) == {late.name}
+
+
+@pytest.mark.synapse
+def test_uploads_are_never_evicted_and_survive_a_restart(
+    synapse_factory: Any, upstream_factory: Any, dists_dir: Path, work_dir: Path
+) -> None:
+    """The cache is where an upload lives: a cache far smaller than it evicts downloaded
+    files, never uploads, also at start-up."""
+    populate(dists_dir)
+    upstream = upstream_factory()
+    # Room for any one downloaded file, not for the upload as well.
+    hs = synapse_factory(module_config=_config(upstream, max_cache_size="16K"))
+    admin = Client.register(hs, "admin", admin=True)
+    downloaded = dists_dir / "beta" / "beta-1.0-py3-none-any.whl"
+    assert http_request(f"{hs.url}/simple/beta/{downloaded.name}", timeout=60)[0] == 200
+    poll(lambda: _cached(hs, sha256_file(downloaded)), what="the download cached")
+    kept = build_wheel(work_dir / "kept", "corp-kept", "1.0", payload_size=20_000, metadata_sidecar=False)
+    proc = twine_upload(hs.url, admin.token, kept)
+    assert proc.returncode == 0, describe(proc)
+    # The cache is over its budget: the download goes, the upload stays (also once the
+    # cache is checked again at start-up).
+    assert not _cached(hs, sha256_file(downloaded))
+    assert _cached(hs, sha256_file(kept))
+    hs.restart()
+    assert _cached(hs, sha256_file(kept))
+    assert set(_files(hs, "corp-kept")) == {kept.name}
+    status, _, data = http_request(f"{hs.url}/simple/corp-kept/{kept.name}", timeout=60)
+    assert status == 200 and data == kept.read_bytes()
