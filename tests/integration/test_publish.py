@@ -108,12 +108,12 @@ def _refused(status: int, body: bytes, code: int, words: str) -> None:
 
 @pytest.mark.synapse
 def test_bad_uploads_are_refused_and_store_nothing(
-    synapse_factory: Any, upstream_factory: Any, dists_dir: Path, work_dir: Path
+    synapse_factory: Any, upstream_factory: Any, dists_dir: Path, work_dir: Path, hs_backend: str
 ) -> None:
     populate(dists_dir)
     upstream = upstream_factory()
     port = free_port()
-    hs = synapse_factory(port=port, module_config=_config(
+    hs = synapse_factory(port=port, db=hs_backend, module_config=_config(
         upstream, max_upload_size="16K", uploaders={"corp-x": [f"@carol:localhost:{port}"]},
         publishers=[f"@pat:localhost:{port}"]))
     admin = Client.register(hs, "admin", admin=True)
