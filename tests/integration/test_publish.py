@@ -300,3 +300,43 @@ def test_uploads_are_never_evicted_and_survive_a_restart(
     assert set(_files(hs, "corp-kept")) == {kept.name}
     status, _, data = http_request(f"{hs.url}/simple/corp-kept/{kept.name}", timeout=60)
     assert status == 200 and data == kept.read_bytes()
+
+
+@pytest.mark.synapse
+def test_an_upload_is_added_to_ipfs_and_attested_with_its_cid(
+    synapse_factory: Any, upstream_factory: Any, dists_dir: Path, work_dir: Path, kubo_factory: Any
+) -> None:
+    """The upload goes to the storage backends like a download: pinned in IPFS, the bot's
+    attestation carries the CID (what a federated peer fetches it by), and a lost local copy
+    comes back from IPFS."""
+    populate(dists_dir)
+    node = kubo_factory("a", gateway=False)
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config=_config(upstream, storage_providers=[
+        {"module": "synapse_pypi.storage.KuboStorage", "config": {"api_url": f"http://127.0.0.1:{node.api_port}"}}
+    ], storage_retry_interval="1s"))
+    admin = Client.register(hs, "admin", admin=True)
+    wheel = build_wheel(work_dir / "dist", "corp-ipfs", "1.0", payload_size=3000, metadata_sidecar=False)
+    sha = sha256_file(wheel)
+    proc = twine_upload(hs.url, admin.token, wheel)
+    assert proc.returncode == 0, describe(proc)
+    stored = poll(lambda: admin.call("GET", f"/_synapse/pypi/v1/files/{sha}")["stored"], what="the upload pinned")
+    cid = list(stored.values())[0]["reference"]
+    assert node.cat(cid).body == wheel.read_bytes()
+    bot = f"@pypi-bot:{hs.server_name}"
+    poll(lambda: any(
+        a["publisher"] == bot and a["sha256"] == sha and a["cid"] == cid
+        for a in admin.call("GET", f"/_synapse/pypi/v1/projects/corp-ipfs/files/{wheel.name}")["attestations"]
+    ), what="the bot's attestation with the CID")
+    # The local copy is lost (and the upstream never had it): IPFS gives it back.
+    hs.stop()
+    _blob(hs, sha).unlink()
+    upstream.stop()
+    hs.start()
+    status, _, data = http_request(f"{hs.url}/simple/corp-ipfs/{wheel.name}", timeout=60)
+    assert status == 200 and data == wheel.read_bytes()
+    assert _cached(hs, sha)
+
+
+def _blob(hs: Any, sha256: str) -> Path:
+    return hs.data_directory / "cache" / "sha256" / sha256[:2] / sha256[2:4] / sha256
