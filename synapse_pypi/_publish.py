@@ -51,6 +51,7 @@ from synapse_pypi._upload_rules import (
     may_publish,
     parse_form,
     provenance,
+    sdist_pkg_info,
 )
 from synapse_pypi._upstream import UpstreamError, UpstreamNotFound
 from synapse_pypi._web import send_error
@@ -272,6 +273,9 @@ class LegacyUploadResource(Resource):
             except NoCoreMetadata as e:
                 raise bad(f"not a usable wheel: {e}")
             requires_python = check_core_metadata(want.filename, metadata, want.project, want.version)
+        else:
+            pkg_info = await self._defer_to_thread(sdist_pkg_info, content, want.filename)
+            requires_python = check_core_metadata(want.filename, pkg_info, want.project, want.version, "PKG-INFO")
         await self._check_name_free(want, sha256)
         existing = self._local.file(want.project, want.filename)
         if existing is not None and self._cache.has(sha256):

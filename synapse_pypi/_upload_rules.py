@@ -11,7 +11,11 @@ import email.parser
 import email.policy
 import enum
 import hashlib
+import io
 import json
+import tarfile
+import zipfile
+import zlib
 from email.message import Message
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -32,6 +36,8 @@ MERGE = "merge"
 REPLACE = "replace"
 MODES = (MERGE, REPLACE)
 FILETYPES = {"bdist_wheel": ".whl", "sdist": ""}
+# The largest sdist PKG-INFO read (a long description is in it).
+MAX_PKG_INFO_BYTES = 4 * 1024 * 1024
 # Attestations (PEP 740) kept with an upload, at most: they are a few KB each.
 MAX_ATTESTATIONS_BYTES = 256 * 1024
 
@@ -191,8 +197,11 @@ def check_digests(filename: str, sent: Mapping[str, str], actual: Mapping[str, s
             raise bad(f"{filename}: {algo} mismatch, the form says {value}, the file has {actual[algo]}")
 
 
-def check_core_metadata(filename: str, metadata: bytes, project: str, version: Version) -> Optional[str]:
-    """The Requires-Python of a wheel's METADATA, once its Name and Version are the upload's.
+def check_core_metadata(
+    filename: str, metadata: bytes, project: str, version: Version, what: str = "METADATA"
+) -> Optional[str]:
+    """The Requires-Python of a wheel's METADATA (an sdist's PKG-INFO: `what`), once its
+    Name and Version are the upload's.
 
     Raises:
         HttpError: 400 when they differ or cannot be read.
@@ -200,21 +209,52 @@ def check_core_metadata(filename: str, metadata: bytes, project: str, version: V
     try:
         msg = email.parser.HeaderParser().parsestr(metadata.decode("utf-8"))
     except UnicodeDecodeError:
-        raise bad(f"{filename}: METADATA is not UTF-8")
+        raise bad(f"{filename}: {what} is not UTF-8")
     name, meta_version = msg.get("Name"), msg.get("Version")
     try:
         if name is None or normalize(str(name).strip()) != project:
-            raise bad(f"{filename}: METADATA names project {name!r}, the upload is of {project!r}")
+            raise bad(f"{filename}: {what} names project {name!r}, the upload is of {project!r}")
     except InvalidName:
-        raise bad(f"{filename}: METADATA names project {name!r}, the upload is of {project!r}")
+        raise bad(f"{filename}: {what} names project {name!r}, the upload is of {project!r}")
     try:
         ok = meta_version is not None and Version(str(meta_version).strip()) == version
     except InvalidVersion:
         ok = False
     if not ok:
-        raise bad(f"{filename}: METADATA has version {meta_version!r}, the upload is of {version}")
+        raise bad(f"{filename}: {what} has version {meta_version!r}, the upload is of {version}")
     requires = msg.get("Requires-Python")
     return (str(requires).strip() or None) if requires is not None else None
+
+
+def sdist_pkg_info(data: bytes, filename: str) -> bytes:
+    """The PKG-INFO at the top of an sdist (`<name>-<version>/PKG-INFO`), read within
+    `MAX_PKG_INFO_BYTES` (CPU and I/O work on the upload: run it in a thread).
+
+    Raises:
+        HttpError: 400 for an archive that cannot be read or has no PKG-INFO there.
+    """
+    try:
+        if filename.endswith(".zip"):
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/PKG-INFO")]
+                if len(names) != 1:
+                    raise bad(f"{filename}: no <name>-<version>/PKG-INFO at the top of the sdist")
+                with zf.open(names[0]) as member:
+                    found = member.read(MAX_PKG_INFO_BYTES + 1)
+        else:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tf:
+                members = [m for m in tf.getmembers() if m.isfile() and m.name.count("/") == 1
+                           and m.name.endswith("/PKG-INFO")]
+                if len(members) != 1:
+                    raise bad(f"{filename}: no <name>-<version>/PKG-INFO at the top of the sdist")
+                member_file = tf.extractfile(members[0])
+                assert member_file is not None  # a regular file
+                found = member_file.read(MAX_PKG_INFO_BYTES + 1)
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise bad(f"{filename}: not a readable sdist ({e.__class__.__name__}: {e})")
+    if len(found) > MAX_PKG_INFO_BYTES:
+        raise bad(f"{filename}: PKG-INFO is larger than {MAX_PKG_INFO_BYTES} bytes")
+    return found
 
 
 def may_publish(

@@ -148,11 +148,17 @@ def test_bad_uploads_are_refused_and_store_nothing(
     _refused(*post(admin.token, content=lying, filename="corp_x-1.6-py3-none-any.whl", version="1.6"), 400,
              "METADATA")
     _refused(*post(admin.token, content=big), 413, "max_upload_size")
+    # An sdist of 1.7 renamed to 1.8: its PKG-INFO says otherwise.
+    sdist = build_sdist(work_dir / "sdist", "corp-x", "1.7").read_bytes()
+    _refused(*post(admin.token, content=sdist, filename="corp_x-1.8.tar.gz", version="1.8", filetype="sdist"), 400,
+             "PKG-INFO has version '1.7'")
+    _refused(*post(admin.token, content=b"not a tarball", filename="corp_x-1.0.tar.gz", filetype="sdist"), 400,
+             "not a readable sdist")
     status, body = post(admin.token, attestations="{not json")
     _refused(status, body, 400, "'attestations'")
     # Nothing of all that was stored: no page, no blob.
     assert _page(hs, "corp-x")[0] == 404
-    for content in (data, b"not a zip at all", lying, big):
+    for content in (data, b"not a zip at all", lying, big, sdist):
         assert not _cached(hs, sha256_file_bytes(content))
 
     # Carol is listed for corp-x; the same bytes again are fine (what twine retries send).
