@@ -12,7 +12,17 @@ from typing import Any
 from urllib.parse import quote, urljoin
 
 import pytest
-from harness.clients import describe, installed_version, make_venv, pip_install, run_client, uv_bin, uv_install
+from harness.clients import (
+    CLIENTS,
+    describe,
+    installed_version,
+    make_venv,
+    pip_install,
+    run_client,
+    tool_bin,
+    uv_bin,
+    uv_install,
+)
 from harness.dists import build_sdist, build_wheel, project_dir, read_wheel_metadata, sha256_file
 from harness.matrix import Client, poll
 from harness.mirror import UPSTREAM_TIMEOUT, populate
@@ -21,6 +31,8 @@ from harness.uploads import form_fields, post_upload, twine_upload
 from harness.upstream import http_request
 
 JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
+POETRY = next(t for t in CLIENTS if t.startswith("poetry-"))
+PDM = next(t for t in CLIENTS if t.startswith("pdm-"))
 
 
 def _config(upstream: Any, **extra: Any) -> dict:
@@ -346,3 +358,49 @@ def test_an_upload_is_added_to_ipfs_and_attested_with_its_cid(
 
 def _blob(hs: Any, sha256: str) -> Path:
     return hs.data_directory / "cache" / "sha256" / sha256[:2] / sha256[2:4] / sha256
+
+
+def _tool_home(home: Path) -> dict[str, str]:
+    """A home of its own for poetry and pdm: no user or machine config applies."""
+    for sub in ("config", "cache", "data"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"), "XDG_CACHE_HOME": str(home / "cache"),
+        "XDG_DATA_HOME": str(home / "data"), "POETRY_CONFIG_DIR": str(home / "config" / "poetry"),
+        "POETRY_CACHE_DIR": str(home / "cache" / "poetry"), "POETRY_DATA_DIR": str(home / "data" / "poetry"),
+        "POETRY_NO_INTERACTION": "1", "PDM_CACHE_DIR": str(home / "cache" / "pdm"), "PDM_CHECK_UPDATE": "false",
+        "PDM_NON_INTERACTIVE": "1", "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+    }
+
+
+def _built_project(root: Path, name: str) -> tuple[Path, Path]:
+    """A project directory with its pyproject.toml and a built wheel in dist/."""
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "1.0"\n')
+    return root, build_wheel(root / "dist", name, "1.0", metadata_sidecar=False)
+
+
+@pytest.mark.synapse
+def test_pdm_and_poetry_publish(synapse_factory: Any, upstream_factory: Any, dists_dir: Path, work_dir: Path) -> None:
+    populate(dists_dir)
+    upstream = upstream_factory()
+    hs = synapse_factory(module_config=_config(upstream))
+    admin = Client.register(hs, "admin", admin=True)
+    legacy = f"{hs.url}/legacy/"
+
+    project, wheel = _built_project(work_dir / "pdm", "corp-pdm")
+    proc = run_client([tool_bin(PDM, "pdm"), "publish", "--no-build", "--repository", legacy, "--username",
+                       "__token__", "--password", admin.token], env=_tool_home(work_dir / "pdm-home"), cwd=project,
+                      timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    assert _files(hs, "corp-pdm")[wheel.name]["hashes"] == {"sha256": sha256_file(wheel)}
+
+    project, wheel = _built_project(work_dir / "poetry", "corp-poetry")
+    env = _tool_home(work_dir / "poetry-home")
+    poetry = tool_bin(POETRY, "poetry")
+    proc = run_client([poetry, "config", "repositories.mirror", legacy], env=env, cwd=project, timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    proc = run_client([poetry, "publish", "--repository", "mirror", "--username", "__token__", "--password",
+                       admin.token, "--no-interaction"], env=env, cwd=project, timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    assert _files(hs, "corp-poetry")[wheel.name]["hashes"] == {"sha256": sha256_file(wheel)}
