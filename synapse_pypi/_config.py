@@ -96,6 +96,12 @@ class PyPIConfig:
     matrix_max_delay_s: float = 10.0
     room_creation_rate: int = 60
     matrix_queue_size: int = 10_000
+    # Uploads (docs/publishing.md): the largest file accepted; who may upload, by project
+    # name or "*" (server admins always may); names the upstream has that may have local
+    # files anyway, and how they are served ("merge" or "replace").
+    max_upload_size: int = 100 * 1024**2
+    uploaders: Mapping[str, Tuple[str, ...]] = attrs.field(factory=dict)
+    local_projects: Mapping[str, str] = attrs.field(factory=dict)
 
 
 KNOWN_KEYS = frozenset(
@@ -133,6 +139,9 @@ KNOWN_KEYS = frozenset(
         "max_cache_size",
         "min_free_space",
         "x_accel_redirect",
+        "max_upload_size",
+        "uploaders",
+        "local_projects",
     }
 )
 
@@ -297,6 +306,7 @@ def parse_config(config: Any) -> PyPIConfig:
         kwargs["storage_retry_ms"] = parse_positive_duration_ms(config["storage_retry_interval"], "storage_retry_interval")
 
     kwargs.update(_parse_trust(config))
+    kwargs.update(_parse_publish(config))
     kwargs.setdefault("signing_key_path", os.path.join(data_directory, "attestation_signing.key"))
     return PyPIConfig(data_directory=data_directory, upstream_url=upstream_url, **kwargs)
 
@@ -492,3 +502,50 @@ def parse_storage_providers(value: Any) -> Tuple[StorageProviderConfig, ...]:
             )
         out.append(StorageProviderConfig(name=f"{i}:{dotted}", cls=cls, config=parsed))
     return tuple(out)
+
+
+def _parse_publish(config: Mapping[str, Any]) -> dict:
+    """`max_upload_size`, `uploaders` and `local_projects` (docs/publishing.md)."""
+    from synapse_pypi._names import InvalidName, normalize  # noqa: PLC0415
+    from synapse_pypi._upload_rules import MODES  # noqa: PLC0415
+
+    out: dict = {}
+    if "max_upload_size" in config:
+        out["max_upload_size"] = parse_size(config["max_upload_size"], "max_upload_size")
+        if out["max_upload_size"] < 1024:
+            raise ConfigError("'max_upload_size' must be at least 1K", path=("max_upload_size",))
+    uploaders = config.get("uploaders")
+    if uploaders is not None:
+        if not isinstance(uploaders, dict):
+            raise ConfigError(
+                "'uploaders' must map project names (or '*') to lists of Matrix user ids", path=("uploaders",)
+            )
+        parsed = {}
+        for project, users in uploaders.items():
+            try:
+                name = "*" if project == "*" else normalize(str(project))
+            except InvalidName as e:
+                raise ConfigError(f"'uploaders': {e}", path=("uploaders", str(project)))
+            parsed[name] = _user_list({f"uploaders.{project}": users}, f"uploaders.{project}")
+        out["uploaders"] = parsed
+    local = config.get("local_projects")
+    if local is not None:
+        if not isinstance(local, dict):
+            raise ConfigError(
+                "'local_projects' must map project names to {mode: merge} or {mode: replace}", path=("local_projects",)
+            )
+        modes = {}
+        for project, entry in local.items():
+            where = ("local_projects", str(project))
+            try:
+                name = normalize(str(project))
+            except InvalidName as e:
+                raise ConfigError(f"'local_projects': {e}", path=where)
+            mode = entry.get("mode") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict) or set(entry) - {"mode"} or mode not in MODES:
+                raise ConfigError(
+                    f"'local_projects.{project}' must be {{mode: ...}}; try one of: {', '.join(MODES)}", path=where
+                )
+            modes[name] = mode
+        out["local_projects"] = modes
+    return out

@@ -630,6 +630,26 @@ class FileChain:
                 # The writer runs in this background process's log context: let it end first.
                 await partial.stopped()
 
+    async def commit_upload(self, wanted: WantedFile, data: bytes) -> None:
+        """Store bytes that were uploaded (the caller checked that they are `wanted.sha256`)
+        as a download's are, followed by what follows every commit: the storage backends
+        add them, the trust layer attests them, a wheel's core metadata is extracted.
+
+        Raises:
+            InsufficientStorage: no room for them on the disk (507).
+        """
+        assert wanted.sha256 is not None
+        if not await self._cache.make_room(len(data)):
+            raise InsufficientStorage(f"{wanted.filename}: not enough free disk space to store it")
+        partial = self._cache.new_partial()
+        try:
+            await self._defer_to_thread(_write_new, partial, data)
+            await self._cache.commit(partial, wanted, wanted.sha256, len(data))
+        finally:
+            if os.path.exists(partial):  # not committed
+                os.unlink(partial)
+        await self._after_commit(wanted, wanted.sha256, len(data))
+
     async def _after_commit(self, wanted: WantedFile, sha256: str, size: int) -> None:
         if self._backends is not None:
             await self._backends.committed(sha256)

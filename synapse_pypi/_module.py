@@ -16,9 +16,12 @@ from synapse_pypi._browse import make_resource as make_browse_resource
 from synapse_pypi._community import CommunityIndexes, CommunityResource
 from synapse_pypi._config import PyPIConfig, parse_config
 from synapse_pypi._files import FileChain, LocalCache, blob_path
+from synapse_pypi._local import LocalFirstPages, LocalProjects
 from synapse_pypi._matrix_queue import MatrixQueue, QueueSettings, RequestGauge
+from synapse_pypi._multipart_gate import let_multipart_uploads_through
 from synapse_pypi._names import NormalizedName
-from synapse_pypi._pages import PageBudget, PageService
+from synapse_pypi._pages import PageBudget
+from synapse_pypi._publish import LegacyUploadResource
 from synapse_pypi._room_reader import RoomReader
 from synapse_pypi._serve_policy import TrustServePolicy
 from synapse_pypi._snapshot_names import SnapshotNames
@@ -60,7 +63,9 @@ class PyPIModule:
         self._upstream = UpstreamClient(
             reactor, config.upstream_timeout_s, config.max_page_size, make_deferred_yieldable
         )
-        self._pages = PageService(
+        # Uploaded files (docs/publishing.md): their pages come before the upstream's.
+        self._local = LocalProjects(api.run_db_interaction, config.local_projects)
+        self._pages = LocalFirstPages(
             self._store,
             self._upstream,
             config.upstream_url,
@@ -71,6 +76,7 @@ class PyPIModule:
             retry_ms=config.upstream_retry_ms,
             budget=PageBudget(config.page_cache_size),
             on_change=self._page_changed,
+            local=self._local,
         )
         # The attestation key is made on first start and kept under the data directory.
         self._signing_key = load_or_create_key(config.signing_key_path)
@@ -120,12 +126,14 @@ class PyPIModule:
                 quiet_moment=self._queue.quiet_moment,
                 seconds=reactor.seconds,
             )
+        backends = self._backends
         self._cache = LocalCache(
             cache_root,
             self._store,
             config.max_cache_size,
-            # Blobs not yet added to every backend stay, however old.
-            keep=self._backends.has_pending if self._backends is not None else lambda sha256: False,
+            # Blobs not yet added to every backend stay, however old; uploads always stay
+            # (the cache is where they live).
+            keep=lambda sha256: self._local.keeps(sha256) or (backends is not None and backends.has_pending(sha256)),
             min_free=config.min_free_space,
         )
         self._files = FileChain(
@@ -180,6 +188,16 @@ class PyPIModule:
         for path, resource in (("/simple", self._simple), ("/snapshots", snapshots), ("/index", communities)):
             resource.gate_on(started)
             api.register_web_resource(path, resource)
+        # Uploads (the legacy upload API of twine, uv, pdm, poetry): multipart forms,
+        # which Synapse refuses everywhere unless let through (_multipart_gate.py).
+        let_multipart_uploads_through(b"/legacy")
+        api.register_web_resource(
+            "/legacy",
+            LegacyUploadResource(
+                api, config, self._local, self._pages, self._files, self._cache,
+                run_in_background=run_in_background, defer_to_thread=api.defer_to_thread,
+            ),
+        )
         # Pages for people: what is served and why (read-only, like the rooms).
         api.register_web_resource("/pypi", make_browse_resource(api, self._trust, self._pages, self._store))
         api.register_web_resource(
@@ -200,6 +218,7 @@ class PyPIModule:
 
     async def _start(self) -> None:
         await self._store.setup()
+        await self._local.start()
         await self._cache.start()
         if self._backends is not None:
             await self._backends.start()

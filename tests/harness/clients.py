@@ -34,6 +34,7 @@ __all__ = [
     "CLIENTS",
     "ClientError",
     "PIP",
+    "TWINE",
     "UV",
     "tool_python",
     "installed_version",
@@ -61,10 +62,13 @@ CLIENTS: dict[str, tuple[str, ...]] = {
     # pdm 2.29.4 breaks with hishel 2 (AttributeError: ... SyncSqliteStorage).
     "pdm-2.29.4": ("pdm==2.29.4", "hishel[httpx2]>=1.4,<2"),
     "pip-tools-7.6.2": ("pip-tools==7.6.2",),
+    # Uploads (issue 16): the legacy upload API's reference client.
+    "twine-7.0.0": ("twine==7.0.0",),
 }
 # What tests use when they do not test a client version on purpose.
 PIP = "pip-26.3"
 UV = "uv-0.13.9"
+TWINE = "twine-7.0.0"
 
 
 class ClientError(AssertionError):

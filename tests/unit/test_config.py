@@ -154,3 +154,32 @@ def test_upstream_falls_back_to_pips_builtin_default(tmp_path, monkeypatch):
     # Site-wide pip.conf files may exist on a machine; isolate from them too.
     monkeypatch.setattr("pip._internal.configuration.get_configuration_files", lambda: {})
     assert default_upstream_url() == PyPI.simple_url
+
+
+def test_upload_options():
+    got = parse_config({**BASE, "max_upload_size": "20M", "uploaders": {"Corp.Tools": ["@a:hs"], "*": ["@ci:hs"]},
+                        "local_projects": {"Requests": {"mode": "merge"}, "x": {"mode": "replace"}}})
+    assert got.max_upload_size == 20 * 1024**2
+    assert got.uploaders == {"corp-tools": ("@a:hs",), "*": ("@ci:hs",)}
+    assert got.local_projects == {"requests": "merge", "x": "replace"}
+    defaults = parse_config(dict(BASE))
+    assert (defaults.max_upload_size, defaults.uploaders, defaults.local_projects) == (100 * 1024**2, {}, {})
+
+
+@pytest.mark.parametrize(
+    "change, words, path",
+    [
+        ({"max_upload_size": "1"}, "'max_upload_size' must be at least 1K", ("max_upload_size",)),
+        ({"uploaders": ["@a:hs"]}, "'uploaders' must map", ("uploaders",)),
+        ({"uploaders": {"x": "@a:hs"}}, "'uploaders.x' must be a list of Matrix user ids", ("uploaders.x",)),
+        ({"uploaders": {"no such!": []}}, "'uploaders'", ("uploaders", "no such!")),
+        ({"local_projects": ["x"]}, "'local_projects' must map", ("local_projects",)),
+        ({"local_projects": {"x": {"mode": "shadow"}}}, "try one of: merge, replace", ("local_projects", "x")),
+        ({"local_projects": {"x": "merge"}}, "'local_projects.x' must be {mode: ...}", ("local_projects", "x")),
+    ],
+)
+def test_bad_upload_options_name_their_key(change, words, path):
+    with pytest.raises(ConfigError) as e:
+        parse_config({**BASE, **change})
+    assert words in str(e.value)
+    assert tuple(e.value.path) == path
