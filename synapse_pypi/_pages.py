@@ -26,6 +26,7 @@ from synapse_pypi._upstream import (
     UpstreamBadResponse,
     UpstreamClient,
     UpstreamError,
+    UpstreamForbidden,
     UpstreamNotFound,
     UpstreamTimeout,
     UpstreamTooLarge,
@@ -348,9 +349,10 @@ class PageService:
         except (UpstreamNotFound, NobodyWaits):
             self._back_online()
             raise
-        except UpstreamTooLarge as e:
-            # Over max_page_size: it will be as large next time. Remember it for this page
-            # (a 500 or a reset, cheap and often passing, is asked again at once).
+        except (UpstreamTooLarge, UpstreamForbidden) as e:
+            # Over max_page_size, or redirected to a forbidden address: it will be the same
+            # next time. Remember it for this page (a 500 or a reset, cheap and often
+            # passing, is asked again at once).
             self._back_online()
             return self._page_failed(key, entry, e)
         except UpstreamError as e:
@@ -409,6 +411,7 @@ class PageService:
         while len(self._failed) > FAILED_PAGES:
             self._failed.popitem(last=False)
         if entry is None:
+            logger.warning("%s", err)
             raise err
         logger.warning("%s; serving the cached copy", err)
         return entry, True
