@@ -35,8 +35,10 @@ __all__ = [
     "ProjectPage",
     "ProjectStatus",
     "RootPage",
+    "SerialVerdict",
     "Stopped",
     "api_version",
+    "judge_serial",
     "page_from_json",
     "page_to_json",
     "root_from_json",
@@ -284,6 +286,42 @@ def api_version(page: ProjectPage) -> str:
     if page.status is not ProjectStatus.ACTIVE or page.status_reason is not None:
         return API_VERSION
     return _API_SIZES
+
+
+class SerialVerdict(enum.Enum):
+    """How an upstream page's serial compares with the one of the page we have."""
+
+    # Newer, the same, or nothing to compare: take the upstream's page.
+    TAKE = "take"
+    # Older: a stale cache or a replayed page. Keep ours.
+    OLDER = "older"
+    # No serial where ours has one: it cannot show that it is not older. Keep ours, for now.
+    MISSING = "missing"
+    # No serial for longer than the grace period: the upstream has stopped sending serials
+    # (another index behind the same URL, say). Take it, or the page would never change again.
+    GONE = "gone"
+
+
+def judge_serial(new: int | None, old: int | None, missing_for_ms: int, grace_ms: int) -> SerialVerdict:
+    """Whether an upstream page may replace ours, by their serials (PyPI's ``_last-serial``).
+
+    Serials only grow, so a smaller one is an older page. A page without a serial after one
+    with a serial is held back too (a stale copy from a cache or a fallback server that drops
+    the serial looks just like that), but only for `grace_ms`: an upstream that stopped
+    sending serials for good must not freeze the page for ever.
+
+    Args:
+        new: the upstream's serial, or None.
+        old: the serial of the page we have, or None.
+        missing_for_ms: how long the upstream has been sending this page without a serial
+            while ours has one (0 the first time).
+        grace_ms: how long a page without a serial is held back.
+    """
+    if old is None:
+        return SerialVerdict.TAKE
+    if new is not None:
+        return SerialVerdict.OLDER if new < old else SerialVerdict.TAKE
+    return SerialVerdict.MISSING if missing_for_ms < grace_ms else SerialVerdict.GONE
 
 
 # --- shared helpers ----------------------------------------------------------------------
