@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Optional, Tuple
 
 import attrs
 
+from synapse_pypi._addresses import HostPort, parse_host_port
 from synapse_pypi._urls import index_url
 
 try:
@@ -48,6 +49,9 @@ class PyPIConfig:
     # After the upstream was unreachable or timed out: how long pages come from what we
     # have before the upstream is asked again.
     upstream_retry_ms: int = 10_000
+    # Hosts (any port, or one) that file URLs and redirects may lead to although they are
+    # not global addresses; the upstream's own origin always may.
+    upstream_allowed_file_hosts: Tuple[HostPort, ...] = ()
     max_page_size: int = 64 * 1024**2
     # Parsed and rendered pages in memory, in bytes.
     page_cache_size: int = 512 * 1024**2
@@ -134,6 +138,7 @@ KNOWN_KEYS = frozenset(
         "page_ttl",
         "upstream_timeout",
         "upstream_retry_interval",
+        "upstream_allowed_file_hosts",
         "max_page_size",
         "page_cache_size",
         "max_cache_size",
@@ -284,6 +289,10 @@ def parse_config(config: Any) -> PyPIConfig:
         kwargs["upstream_timeout_s"] = parse_positive_duration_ms(config["upstream_timeout"], "upstream_timeout") / 1000
     if "upstream_retry_interval" in config:
         kwargs["upstream_retry_ms"] = parse_duration_ms(config["upstream_retry_interval"], "upstream_retry_interval")
+    if config.get("upstream_allowed_file_hosts") is not None:
+        kwargs["upstream_allowed_file_hosts"] = _parse_hosts(
+            config["upstream_allowed_file_hosts"], "upstream_allowed_file_hosts"
+        )
     if "page_cache_size" in config:
         kwargs["page_cache_size"] = parse_size(config["page_cache_size"], "page_cache_size")
         if kwargs["page_cache_size"] < 1024**2:
@@ -309,6 +318,19 @@ def parse_config(config: Any) -> PyPIConfig:
     kwargs.update(_parse_publish(config))
     kwargs.setdefault("signing_key_path", os.path.join(data_directory, "attestation_signing.key"))
     return PyPIConfig(data_directory=data_directory, upstream_url=upstream_url, **kwargs)
+
+
+def _parse_hosts(value: Any, key: str) -> Tuple[HostPort, ...]:
+    """A list of "host" or "host:port" entries ("[v6]:port" for IPv6 with a port)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"'{key}' must be a list of host names or host:port, like files.example.org:8080", path=(key,))
+    hosts = []
+    for entry in value:
+        try:
+            hosts.append(parse_host_port(entry))
+        except ValueError as e:
+            raise ConfigError(f"'{key}': {e}", path=(key,)) from None
+    return tuple(dict.fromkeys(hosts))
 
 
 _LOCATION_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")

@@ -10,6 +10,7 @@ from synapse.module_api import ModuleApi, make_deferred_yieldable, run_in_backgr
 from twisted.internet import reactor
 
 from synapse_pypi import _metrics, index
+from synapse_pypi._addresses import AddressPolicy
 from synapse_pypi._admin import AdminResource
 from synapse_pypi._backends import Backends
 from synapse_pypi._browse import make_resource as make_browse_resource
@@ -61,7 +62,13 @@ class PyPIModule:
         os.makedirs(config.data_directory, exist_ok=True)
         self._store = Store(api.run_db_interaction)
         self._upstream = UpstreamClient(
-            reactor, config.upstream_timeout_s, config.max_page_size, make_deferred_yieldable
+            reactor,
+            config.upstream_timeout_s,
+            config.max_page_size,
+            make_deferred_yieldable,
+            # No request forgery: file URLs and redirects lead to global addresses only,
+            # or to the upstream's own origin and the hosts the admin allows.
+            policy=AddressPolicy.for_upstream(config.upstream_url, config.upstream_allowed_file_hosts),
         )
         # Uploaded files (docs/publishing.md): their pages come before the upstream's.
         self._local = LocalProjects(api.run_db_interaction, config.local_projects)

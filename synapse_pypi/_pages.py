@@ -26,6 +26,7 @@ from synapse_pypi._upstream import (
     UpstreamBadResponse,
     UpstreamClient,
     UpstreamError,
+    UpstreamForbidden,
     UpstreamNotFound,
     UpstreamTimeout,
     UpstreamTooLarge,
@@ -43,6 +44,10 @@ THREAD_PARSE_BYTES = 256 * 1024
 MODEL_BYTES_PER_TEXT_BYTE = 3
 # Failed pages remembered at once, at most (each is a short string).
 FAILED_PAGES = 10_000
+# A page without a serial does not replace one with a serial until the upstream has sent the
+# project's page without one for this long (see index.judge_serial). Counted in memory: a
+# restart starts it again, which only delays the change.
+SERIAL_GRACE_MS = 60 * 60 * 1000
 
 
 def _parse(key: str, response: Any, stop: Optional[Callable[[], bool]] = None) -> Tuple[Any, str]:
@@ -140,6 +145,54 @@ class RootView:
     offline: bool
 
 
+class SerialGuard:
+    """Keeps a page's serial from going backwards (see index.judge_serial): remembers, per
+    page, since when the upstream has sent it without the serial ours has.
+
+    Args:
+        clock: milliseconds since the epoch.
+        grace_ms: how long pages without a serial are held back.
+    """
+
+    def __init__(self, clock: Callable[[], int], grace_ms: int):
+        self._now = clock
+        self._grace_ms = grace_ms
+        self._missing_since: OrderedDict[str, int] = OrderedDict()
+
+    def keep_ours(self, key: str, new: Any, old: Any) -> bool:
+        """Whether the page we have (`old`) stays, the upstream's (`new`) being older or
+        without the serial ours has; logged."""
+        new_serial, old_serial = new.last_serial, old.last_serial
+        now = since = self._now()
+        if new_serial is None and old_serial is not None:
+            since = self._missing_since.setdefault(key, now)
+            while len(self._missing_since) > FAILED_PAGES:
+                self._missing_since.popitem(last=False)
+        verdict = index.judge_serial(new_serial, old_serial, now - since, self._grace_ms)
+        where = key or "/simple/"
+        if verdict is index.SerialVerdict.OLDER:
+            # Serials only grow: an older one is a stale cache or a replayed page.
+            logger.warning(
+                "upstream page of %r has serial %s, older than the %s of the page we have: "
+                "a stale or replayed page; keeping ours", where, new_serial, old_serial,
+            )
+            return True
+        if verdict is index.SerialVerdict.MISSING:
+            logger.warning(
+                "upstream page of %r has no serial, the page we have has %s: keeping ours (a page without "
+                "a serial cannot show that it is not older) unless the upstream sends none for %ds",
+                where, old_serial, self._grace_ms // 1000,
+            )
+            return True
+        self._missing_since.pop(key, None)
+        if verdict is index.SerialVerdict.GONE:
+            logger.warning(
+                "upstream page of %r has come without a serial for %ds (ours had %s): taking it, the "
+                "upstream seems to have stopped sending serials", where, (now - since) // 1000, old_serial,
+            )
+        return False
+
+
 @attrs.frozen
 class _Entry:
     stored: StoredPage
@@ -166,6 +219,8 @@ class PageService:
         on_change: told (project, the page we had, the upstream's new one) before a changed
             project page is stored; returns the page to keep (issue 14: files the upstream
             stopped listing are banned, or kept where the admin said so).
+        serial_grace_ms: how long upstream pages without a serial are held back when the
+            cached page has one (`SerialGuard`).
     """
 
     def __init__(
@@ -181,6 +236,7 @@ class PageService:
         retry_ms: int = 10_000,
         budget: Optional[PageBudget] = None,
         on_change: Optional[Callable[[str, index.ProjectPage, index.ProjectPage], index.ProjectPage]] = None,
+        serial_grace_ms: int = SERIAL_GRACE_MS,
     ):
         self._on_change = on_change
         self.budget = budget if budget is not None else PageBudget(512 * 1024**2)
@@ -194,6 +250,7 @@ class PageService:
         self._base = upstream_url
         self._ttl = ttl_ms
         self._now = clock or (lambda: int(time.time() * 1000))
+        self._serials = SerialGuard(self._now, serial_grace_ms)
         self._flights = SingleFlight(yieldable)
         self._loads = SingleFlight(yieldable)
         # key -> the "is it still wanted?" checks of every request waiting for its fetch.
@@ -348,9 +405,10 @@ class PageService:
         except (UpstreamNotFound, NobodyWaits):
             self._back_online()
             raise
-        except UpstreamTooLarge as e:
-            # Over max_page_size: it will be as large next time. Remember it for this page
-            # (a 500 or a reset, cheap and often passing, is asked again at once).
+        except (UpstreamTooLarge, UpstreamForbidden) as e:
+            # Over max_page_size, or redirected to a forbidden address: it will be the same
+            # next time. Remember it for this page (a 500 or a reset, cheap and often
+            # passing, is asked again at once).
             self._back_online()
             return self._page_failed(key, entry, e)
         except UpstreamError as e:
@@ -374,16 +432,8 @@ class PageService:
             if len(response.body) > THREAD_PARSE_BYTES * 16:
                 release_memory()  # the body and the parser's garbage, megabytes of them
         self._failed.pop(key, None)
-        if entry is not None and _older(page, entry.page):
-            # Serials only grow: an older one is a stale cache or a replayed page. Keep
-            # the newer page we have (as if the upstream had said "not modified").
-            logger.warning(
-                "upstream page of %r has serial %s, older than the %s of the page we have: "
-                "a stale or replayed page; keeping ours",
-                key or "/simple/",
-                page.last_serial,
-                entry.page.last_serial,
-            )
+        if entry is not None and self._serials.keep_ours(key, page, entry.page):
+            # As if the upstream had said "not modified".
             return await self._revalidated(key, entry), False
         if entry is not None and key != ROOT and self._on_change is not None:
             kept = self._on_change(key, entry.page, page)
@@ -409,6 +459,7 @@ class PageService:
         while len(self._failed) > FAILED_PAGES:
             self._failed.popitem(last=False)
         if entry is None:
+            logger.warning("%s", err)
             raise err
         logger.warning("%s; serving the cached copy", err)
         return entry, True
@@ -431,9 +482,3 @@ class PageService:
         if self._offline_since is not None:
             logger.info("upstream reachable again after %.1fs", (self._now() - self._offline_since) / 1000)
             self._offline_since = None
-
-
-def _older(new: Any, old: Any) -> bool:
-    """Whether `new` carries a serial older than `old`'s (both known)."""
-    new_serial, old_serial = getattr(new, "last_serial", None), getattr(old, "last_serial", None)
-    return new_serial is not None and old_serial is not None and new_serial < old_serial

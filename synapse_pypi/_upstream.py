@@ -16,9 +16,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
+from synapse_pypi._addresses import AddressPolicy
+from synapse_pypi._guarded_agent import ForbiddenAddress, GuardedAgent
 from synapse_pypi._metrics import upstream_timer
 from synapse_pypi._version import __version__
 
@@ -67,6 +69,11 @@ class NobodyWaits(UpstreamError):
 
 class UpstreamUnreachable(UpstreamError):
     """Could not connect at all: the upstream is down (serve from cache if we can)."""
+
+
+class UpstreamForbidden(UpstreamError):
+    """A URL from the upstream (or a redirect) leads to an address we do not fetch from:
+    loopback, private, link-local, ... (see _addresses.py). Nothing was sent there."""
 
 
 @attrs.frozen
@@ -205,6 +212,9 @@ class UpstreamClient:
         max_page_size: the largest page body accepted.
         yieldable: wraps treq's Deferreds so that awaiting them keeps the caller's
             log context (Synapse's `make_deferred_yieldable`).
+        policy: where requests may go: every URL and redirect hop outside the upstream's
+            own origin and the allowed hosts must lead to a global address (without one,
+            every URL must).
     """
 
     def __init__(
@@ -213,6 +223,7 @@ class UpstreamClient:
         timeout: float,
         max_page_size: int,
         yieldable: Callable[[Any], Any] = lambda d: d,
+        policy: Optional[AddressPolicy] = None,
     ):
         self._reactor = reactor
         self._yieldable = yieldable
@@ -220,7 +231,8 @@ class UpstreamClient:
         self._max_page_size = max_page_size
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 8
-        self._http = HTTPClient(Agent(reactor, connectTimeout=timeout, pool=pool))
+        policy = policy if policy is not None else AddressPolicy(upstream=None)
+        self._http = HTTPClient(GuardedAgent(reactor, policy, pool, connect_timeout=timeout))
 
     async def _request(self, url: str, headers: dict) -> IResponse:
         headers = {"User-Agent": USER_AGENT, **headers}
@@ -245,6 +257,12 @@ class UpstreamClient:
             raise UpstreamUnreachable(url, "host name does not resolve")
         except ResponseFailed as e:
             raise UpstreamBadResponse(url, f"bad response ({_describe(Failure(e))})")
+        except ForbiddenAddress as e:
+            # e.url is the hop that was refused: the file's own URL or where it redirected.
+            raise UpstreamForbidden(
+                e.url, f"refused: the upstream pointed at a forbidden address ({e.reason}; "
+                "see upstream_allowed_file_hosts)"
+            )
 
     async def get_page(
         self,

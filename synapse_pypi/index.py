@@ -35,8 +35,10 @@ __all__ = [
     "ProjectPage",
     "ProjectStatus",
     "RootPage",
+    "SerialVerdict",
     "Stopped",
     "api_version",
+    "judge_serial",
     "page_from_json",
     "page_to_json",
     "root_from_json",
@@ -273,9 +275,17 @@ class RootPage:
 
 
 def api_version(page: ProjectPage) -> str:
-    """The api-version a page can honestly claim (PEP 629): 1.1 needs a size on every file
-    (PEP 700 makes it mandatory), 1.4 is claimed when the page carries a PEP 792 status
-    other than the default, else the highest version whose requirements it meets."""
+    """The api-version a page can honestly claim (PEP 629).
+
+    1.1 needs a size on every file (PEP 700 makes it mandatory); 1.4 (PEP 792) is claimed for
+    a page with a status other than the default, and only when it also meets 1.1, since each
+    minor version includes the ones before it. A quarantined page lists no files, so it always
+    can. A page with a status but a file without a size says 1.0, and the renderers then leave
+    its status out (`_status_meta`): PEP 792 markers belong to 1.4 (a client reading a 1.0
+    page is to assume "active"), so a 1.0 page that carried them would contradict itself.
+    What is lost is advice (archived, deprecated: the files are offered either way), and it
+    comes back once the cache knows every size. The stored page keeps the status.
+    """
     if page.quarantined:
         # No files are listed, so no size is missing.
         return API_VERSION
@@ -284,6 +294,42 @@ def api_version(page: ProjectPage) -> str:
     if page.status is not ProjectStatus.ACTIVE or page.status_reason is not None:
         return API_VERSION
     return _API_SIZES
+
+
+class SerialVerdict(enum.Enum):
+    """How an upstream page's serial compares with the one of the page we have."""
+
+    # Newer, the same, or nothing to compare: take the upstream's page.
+    TAKE = "take"
+    # Older: a stale cache or a replayed page. Keep ours.
+    OLDER = "older"
+    # No serial where ours has one: it cannot show that it is not older. Keep ours, for now.
+    MISSING = "missing"
+    # No serial for longer than the grace period: the upstream has stopped sending serials
+    # (another index behind the same URL, say). Take it, or the page would never change again.
+    GONE = "gone"
+
+
+def judge_serial(new: int | None, old: int | None, missing_for_ms: int, grace_ms: int) -> SerialVerdict:
+    """Whether an upstream page may replace ours, by their serials (PyPI's ``_last-serial``).
+
+    Serials only grow, so a smaller one is an older page. A page without a serial after one
+    with a serial is held back too (a stale copy from a cache or a fallback server that drops
+    the serial looks just like that), but only for `grace_ms`: an upstream that stopped
+    sending serials for good must not freeze the page for ever.
+
+    Args:
+        new: the upstream's serial, or None.
+        old: the serial of the page we have, or None.
+        missing_for_ms: how long the upstream has been sending this page without a serial
+            while ours has one (0 the first time).
+        grace_ms: how long a page without a serial is held back.
+    """
+    if old is None:
+        return SerialVerdict.TAKE
+    if new is not None:
+        return SerialVerdict.OLDER if new < old else SerialVerdict.TAKE
+    return SerialVerdict.MISSING if missing_for_ms < grace_ms else SerialVerdict.GONE
 
 
 # --- shared helpers ----------------------------------------------------------------------
@@ -1168,9 +1214,10 @@ def _serial_comment(serial: int | None) -> str:
     return "" if serial is None else f"<!--SERIAL {serial}-->\n"
 
 
-def _status_meta(page: ProjectPage) -> list[tuple[str, str]]:
-    """PEP 792 meta tags; "active" with no reason is the default and is left out."""
-    if page.status is ProjectStatus.ACTIVE and page.status_reason is None:
+def _status_meta(page: ProjectPage, version: str) -> list[tuple[str, str]]:
+    """PEP 792 meta tags; "active" with no reason is the default and is left out, and so is
+    any status on a page that cannot claim 1.4 (`version`, see `api_version`)."""
+    if version != API_VERSION or (page.status is ProjectStatus.ACTIVE and page.status_reason is None):
         return []
     tags = [("pypi:project-status", page.status.value)]
     if page.status_reason is not None:
@@ -1208,7 +1255,8 @@ def render_project_html(page: ProjectPage, file_url: Callable[[DistFile], str]) 
         The UTF-8 page; every value is HTML-escaped.
     """
     title = f"Links for {page.name}"
-    out = _html_head(title, api_version(page), _status_meta(page))
+    version = api_version(page)
+    out = _html_head(title, version, _status_meta(page, version))
     out.append(f"    <h1>{escape(title)}</h1>\n")
     for f in _offered(page):
         attributes = [("href", _href(f, file_url))]
@@ -1253,7 +1301,7 @@ def _file_to_json(f: DistFile, url: str) -> dict[str, Any]:
 
 def render_project_json(page: ProjectPage, file_url: Callable[[DistFile], str]) -> bytes:
     """Render a project page as PEP 691 JSON, with the api-version `api_version` gives
-    (1.1 and PEP 700 when every file has a size, 1.4 with a PEP 792 status).
+    (1.1 and PEP 700 when every file has a size, 1.4 with a PEP 792 status as well).
 
     Args:
         page: the page.
@@ -1263,14 +1311,14 @@ def render_project_json(page: ProjectPage, file_url: Callable[[DistFile], str]) 
     Returns:
         The UTF-8 (in fact ASCII) JSON document.
     """
+    version = api_version(page)
     document: dict[str, Any] = {
-        "meta": _json_meta(api_version(page), page.last_serial),
+        "meta": _json_meta(version, page.last_serial),
         "name": page.name,
         "files": _FILES_MARK,
         "versions": [] if page.quarantined else list(page.versions),
     }
-    status = _status_meta(page)
-    if status:
+    if _status_meta(page, version):
         marker = {"status": page.status.value}
         if page.status_reason is not None:
             marker["reason"] = page.status_reason

@@ -48,6 +48,7 @@ apply to the next N requests only)} plus per-kind fields:
     malformed   "body_b64": optional       200 with a garbage body in the negotiated type
     wrong-bytes                            same length, different bytes (every byte XOR 0x5A)
     slow        "rate": bytes per second   throttle the body
+    redirect    "location": URL, "status": 302 (default)   answer with a redirect there
     replace     "content_b64" | "content_path" (optional; default: wrong-bytes of the original)
                 the file at "path" (an exact /files/... path) is served with the new content and
                 the project page lists the new sha256 and size, as an attacker who controls the
@@ -89,7 +90,7 @@ API_VERSION = "1.1"
 STATUS_API_VERSION = "1.4"  # PEP 792
 
 SIDECAR_SUFFIXES = (".metadata", ".yanked", ".provenance")
-FAULT_KINDS = ("status", "timeout", "reset", "truncate", "malformed", "wrong-bytes", "slow", "replace")
+FAULT_KINDS = ("status", "timeout", "reset", "truncate", "malformed", "wrong-bytes", "slow", "replace", "redirect")
 CHUNK = 64 * 1024
 
 
@@ -469,6 +470,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise ValueError("fault needs a 'path' starting with '/'")
             if kind == "status" and not isinstance(fault.get("status"), int):
                 raise ValueError("a 'status' fault needs an integer 'status'")
+            if kind == "redirect" and not isinstance(fault.get("location"), str):
+                raise ValueError("a 'redirect' fault needs a 'location' URL")
             if kind == "slow" and not (isinstance(fault.get("rate"), (int, float)) and fault["rate"] > 0):
                 raise ValueError("a 'slow' fault needs a positive 'rate' (bytes per second)")
             if kind in ("timeout", "reset") and fault.get("stage", "before") not in ("before", "headers", "body"):
@@ -532,6 +535,12 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+            return False
+        if kind == "redirect":
+            self.send_response(int(fault.get("status", 302)))
+            self.send_header("Location", fault["location"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return False
         if kind == "timeout" and stage == "before":
             self._hang()

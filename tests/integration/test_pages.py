@@ -202,6 +202,16 @@ def test_serial_is_passed_through_and_never_goes_back(upstream_factory, synapse_
     assert {f["filename"] for f in page["files"]} == {"serial-0.9-py3-none-any.whl", "serial-1.0-py3-none-any.whl"}
     assert page["meta"]["_last-serial"] == 11
 
+    # A page that lost its serial cannot show it is not older: ours stays (for an hour of
+    # such pages; after that the upstream is taken to have stopped sending serials, which
+    # tests/unit/test_page_serials.py checks with a clock it moves).
+    build_wheel(pdir, "serial", "0.8")
+    (pdir / ".serial").unlink()
+    _, page = _json(hs, "/simple/serial/")
+    assert "serial-0.8-py3-none-any.whl" not in {f["filename"] for f in page["files"]}
+    assert page["meta"]["_last-serial"] == 11
+    assert "has no serial, the page we have has 11: keeping ours" in hs.log_text()
+
 
 def test_project_status_passed_through_and_quarantine_offers_nothing(upstream_factory, synapse_factory, dists_dir):
     quarantined = project_dir(dists_dir, "badpkg")

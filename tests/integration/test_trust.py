@@ -190,6 +190,34 @@ def test_ten_concurrent_first_requests_make_one_room(tm):
     assert [r["room_id"] for r in rooms] == [room]  # exactly one, no orphans
 
 
+def _has_room(client: Client, alias: str) -> bool:
+    try:
+        client.room_id(alias)
+        return True
+    except MatrixError as e:
+        if e.status == 404:
+            return False
+        raise
+
+
+def test_a_page_view_makes_no_room_only_a_served_file_does(tm):
+    # Issue 13: anyone can view pages, so a view (or a HEAD of a file) must not make a room.
+    viewed = tm.add_project("viewed-only")  # GET /simple/viewed-only/
+    assert http_request(f"{tm.hs.url}/simple/viewed-only/", headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+                        timeout=60)[0] == 200
+    assert http_request(f"{tm.hs.url}/simple/viewed-only/{viewed.name}", method="HEAD", timeout=60)[0] == 200
+    # Then another project's file is served. The Matrix queue gives projects their turns in
+    # the order their first job came, so once this room exists, a room job the views above
+    # had queued would have run as well: the check below comes after it could have.
+    served = tm.add_project("served-after-view")
+    assert tm.get("served-after-view", served.name)[0] == 200
+    poll(lambda: _has_room(tm.admin, tm.alias("served-after-view")), what="the served project's room")
+    assert not _has_room(tm.admin, tm.alias("viewed-only"))
+    # Once one of its files is served, the viewed project gets its room (the alias is right).
+    assert tm.get("viewed-only", viewed.name)[0] == 200
+    poll(lambda: _has_room(tm.admin, tm.alias("viewed-only")), what="the viewed project's room once served")
+
+
 def test_wrong_sha256_from_a_trusted_publisher_is_fraud(tm):
     path, room = tm.cache_and_attest("victim")
     tm.publisher.send_state(room, KEY_TYPE, tm.publisher.user_id,

@@ -4,6 +4,7 @@ import attrs
 import pytest
 from synapse.module_api.errors import ConfigError
 
+from synapse_pypi._addresses import HostPort
 from synapse_pypi._config import PyPIConfig, default_upstream_url, parse_config
 
 BASE = {"data_directory": "/var/lib/x", "upstream_url": "http://127.0.0.1:9/simple"}
@@ -52,6 +53,15 @@ def test_disk_and_offload_options():
     # The location always ends in "/": the blob's relative path is appended to it.
     assert got.x_accel_redirect == "/_synapse_pypi_cache/"
     assert parse_config({**BASE, "x_accel_redirect": None}).x_accel_redirect is None
+
+
+def test_allowed_file_hosts():
+    got = parse_config({**BASE, "upstream_allowed_file_hosts": ["Files.Internal", "10.0.0.7:8080", "[fd00::7]:81",
+                                                                "files.internal"]})
+    assert got.upstream_allowed_file_hosts == (
+        HostPort("files.internal", None), HostPort("10.0.0.7", 8080), HostPort("fd00::7", 81))
+    assert parse_config(dict(BASE)).upstream_allowed_file_hosts == ()
+    assert parse_config({**BASE, "upstream_allowed_file_hosts": None}).upstream_allowed_file_hosts == ()
 
 
 def test_keep_removed_files_are_normalized():
@@ -113,6 +123,9 @@ def test_config_is_frozen():
         ({"peer_lookup_rate": -1}, "peer_lookup_rate", "whole number"),
         ({"keep_removed_files": "six"}, "keep_removed_files", "list of project names"),
         ({"keep_removed_files": ["no such name!"]}, "keep_removed_files", "keep_removed_files"),
+        ({"upstream_allowed_file_hosts": "files.internal"}, "upstream_allowed_file_hosts", "list of host names"),
+        ({"upstream_allowed_file_hosts": ["http://files.internal/"]}, "upstream_allowed_file_hosts", "host name"),
+        ({"upstream_allowed_file_hosts": ["files.internal:0"]}, "upstream_allowed_file_hosts", "port"),
     ],
 )
 def test_bad_values_name_their_key(change, key, words):

@@ -1017,6 +1017,29 @@ def test_api_version_claims_only_what_the_page_carries(page: ProjectPage, versio
     ).decode()
 
 
+def test_a_status_is_left_out_of_a_page_that_cannot_claim_1_4() -> None:
+    # PEP 792 markers come with 1.4, which includes 1.1's mandatory size: a page with a
+    # file of unknown size says 1.0 and carries no status (a 1.0 client assumes "active").
+    page = ProjectPage(FOO, (RICH, PLAIN), (), status="archived", status_reason="read the docs")
+    rendered = json.loads(index.render_project_json(page, relative))
+    assert rendered["meta"]["api-version"] == "1.0" and "project-status" not in rendered
+    assert [f["filename"] for f in rendered["files"]] == [RICH.filename, PLAIN.filename]  # still offered
+    html = index.render_project_html(page, relative).decode()
+    assert '<meta name="pypi:repository-version" content="1.0">' in html and "pypi:project-status" not in html
+    # The stored page keeps it, and once every size is known it is shown with 1.4.
+    assert index.page_from_json(index.page_to_json(page)).status is index.ProjectStatus.ARCHIVED
+    sized = attrs.evolve(page, files=(RICH, SIZED))
+    rendered = json.loads(index.render_project_json(sized, relative))
+    assert rendered["meta"]["api-version"] == "1.4"
+    assert rendered["project-status"] == {"status": "archived", "reason": "read the docs"}
+    html = index.render_project_html(sized, relative).decode()
+    assert '<meta name="pypi:project-status" content="archived">' in html
+    assert '<meta name="pypi:project-status-reason" content="read the docs">' in html
+    # A quarantined page lists no file, so it always says 1.4 and its status.
+    quarantined = attrs.evolve(page, status="quarantined")
+    assert json.loads(index.render_project_json(quarantined, relative))["project-status"]["status"] == "quarantined"
+
+
 def test_json_carries_core_metadata_only_and_html_both() -> None:
     # PEP 714: pip 22.3-23.1 crash on "dist-info-metadata" in JSON (unhashable dict).
     page = ProjectPage(FOO, (RICH,), ())
