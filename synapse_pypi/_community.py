@@ -14,7 +14,7 @@ upstream through the cache, hashes decided by the trust layer, bans, 409s.
 import logging
 import time
 from typing import Any, Dict, Mapping, Tuple
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import attrs
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -24,11 +24,11 @@ from twisted.web import http
 from synapse_pypi import index
 from synapse_pypi._errors import HttpError
 from synapse_pypi._files import METADATA_SUFFIX
-from synapse_pypi._names import InvalidName, NormalizedName, is_safe_filename, normalize
+from synapse_pypi._names import InvalidName, NormalizedName, normalize
 from synapse_pypi._negotiate import Format
 from synapse_pypi._room_reader import RoomReader
+from synapse_pypi._subindex import SubIndexResource, Wanted
 from synapse_pypi._trust_service import version_of
-from synapse_pypi._web import SimpleResource, _etag, _render_both, _Rendered, redirect
 
 logger = logging.getLogger(__name__)
 
@@ -102,60 +102,35 @@ def _alias(raw: str) -> str:
     return alias
 
 
-class CommunityResource(SimpleResource):
+class CommunityResource(SubIndexResource):
     """The resource registered at `/index`: `/index/<room alias>/simple/...`."""
+
+    REF = "/index/<room alias>"
 
     def __init__(self, *args: Any, communities: CommunityIndexes, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._communities = communities
 
-    async def _route(self, request: Any) -> None:
-        try:
-            parts = [unquote(s.decode("utf-8"), errors="strict") for s in request.postpath]
-        except UnicodeDecodeError:
-            raise HttpError(http.BAD_REQUEST, "path is not valid UTF-8")
-        if not parts or parts == [""]:
-            raise HttpError(http.NOT_FOUND, "ask for /index/<room alias>/simple/")
-        alias = _alias(parts[0])
-        if len(parts) == 1 or parts[1:] == [""]:
-            return redirect(request, quote(parts[0], safe="").encode() + b"/simple/" if len(parts) == 1 else b"simple/")
-        if parts[1] != "simple":
-            raise HttpError(http.NOT_FOUND, "a community index serves only simple/")
-        if len(parts) == 2:
-            return redirect(request, b"simple/")
+    async def _serve(self, request: Any, wanted: Wanted) -> None:
+        alias = _alias(wanted.ref)
         listed = await self._communities.list_for(alias)
-        rest = parts[2:]
-        if rest == [""]:
+        if wanted.name is None:
             return self._community_root(request, listed)
-        try:
-            name = NormalizedName(normalize(rest[0]))
-        except InvalidName as e:
-            raise HttpError(http.BAD_REQUEST, f"invalid project name: {e}")
-        if len(rest) == 1:
-            return redirect(request, quote(name).encode() + b"/")
-        if len(rest) > 2 or rest[0] != name:
-            raise HttpError(http.NOT_FOUND, "no such page")
-        spec = listed.projects.get(name)
+        spec = listed.projects.get(wanted.name)
         if spec is None:
-            raise HttpError(http.NOT_FOUND, f"{name} is not in the community index {alias}")
-        if rest[1] == "":
-            return await self._community_project(request, name, spec)
-        if not is_safe_filename(rest[1]):
-            raise HttpError(http.BAD_REQUEST, "invalid file name")
-        if not allowed(spec, rest[1]):
-            raise HttpError(http.NOT_FOUND, f"{rest[1]}: {alias} allows only {name} {spec or 'any'}")
-        return await self._file(request, name, rest[1])
-
-    def _send_now(self, request: Any, body_of: Any, content_type: str) -> None:
-        body, gzipped = _render_both(body_of)
-        # The list may change at any time: clients revalidate.
-        self._send_page(request, _Rendered(None, body, _etag(body), None, gzipped), content_type, False)
+            raise HttpError(http.NOT_FOUND, f"{wanted.name} is not in the community index {alias}")
+        if wanted.filename == "":
+            return await self._community_project(request, wanted.name, spec)
+        if not allowed(spec, wanted.filename):
+            raise HttpError(http.NOT_FOUND, f"{wanted.filename}: {alias} allows only {wanted.name} {spec or 'any'}")
+        return await self._file(request, wanted.name, wanted.filename)
 
     def _community_root(self, request: Any, listed: CommunityList) -> None:
         fmt, content_type = self._negotiate(request)
         names = sorted(listed.projects)
         render = index.render_root_json if fmt is Format.JSON_V1 else index.render_root_html
-        self._send_now(request, lambda: render(names), content_type)
+        # The list may change at any time: clients revalidate.
+        self._send_rendered(request, lambda: render(names), content_type, False)
 
     async def _community_project(self, request: Any, name: NormalizedName, spec: SpecifierSet) -> None:
         fmt, content_type = self._negotiate(request)
@@ -166,7 +141,7 @@ class CommunityResource(SimpleResource):
         kept = tuple(f for f in page.files if allowed(spec, f.filename))
         page = attrs.evolve(page, files=kept, versions=index.versions_from_filenames(f.filename for f in kept))
         render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
-        self._send_now(request, lambda: render(page, _relative), content_type)
+        self._send_rendered(request, lambda: render(page, _relative), content_type, False)
 
 
 def _relative(f: index.DistFile) -> str:

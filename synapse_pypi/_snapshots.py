@@ -19,7 +19,7 @@ exactly as the upstream's hash would be:
 import collections
 import logging
 from typing import Any, List, Optional, OrderedDict, Tuple
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import attrs
 from twisted.web import http
@@ -27,10 +27,10 @@ from twisted.web import http
 from synapse_pypi import index
 from synapse_pypi._errors import HttpError
 from synapse_pypi._files import METADATA_SUFFIX, WantedFile
-from synapse_pypi._names import InvalidName, NormalizedName, is_safe_filename, normalize
+from synapse_pypi._names import NormalizedName, is_safe_filename
 from synapse_pypi._negotiate import Format
 from synapse_pypi._snapshot_names import SnapshotNames, is_cid
-from synapse_pypi._web import SimpleResource, _etag, _render_both, _Rendered, redirect
+from synapse_pypi._subindex import SubIndexResource, Wanted
 from synapse_pypi.storage import StorageError
 from synapse_pypi.trust import Outcome
 
@@ -159,8 +159,10 @@ class SnapshotJudge:
         return Judged(attrs.evolve(page, files=tuple(kept)), tuple(left_off))
 
 
-class SnapshotResource(SimpleResource):
+class SnapshotResource(SubIndexResource):
     """The resource registered at `/snapshots`: `/snapshots/<CID or NAME>/simple/...`."""
+
+    REF = "/snapshots/<CID or NAME>"
 
     def __init__(self, *args: Any, reader: SnapshotReader, judge: SnapshotJudge, names: SnapshotNames,
                  **kwargs: Any):
@@ -169,39 +171,13 @@ class SnapshotResource(SimpleResource):
         self._judge = judge
         self._names = names
 
-    async def _route(self, request: Any) -> None:
-        try:
-            parts = [unquote(s.decode("utf-8"), errors="strict") for s in request.postpath]
-        except UnicodeDecodeError:
-            raise HttpError(http.BAD_REQUEST, "path is not valid UTF-8")
-        if not parts or parts == [""]:
-            raise HttpError(http.NOT_FOUND, "ask for /snapshots/<CID or NAME>/simple/")
-        ref = parts[0]
-        if len(parts) == 1:
-            return redirect(request, quote(ref).encode() + b"/simple/")
-        if parts[1:] == [""]:
-            return redirect(request, b"simple/")
-        if parts[1] != "simple":
-            raise HttpError(http.NOT_FOUND, "a snapshot serves only simple/")
-        if len(parts) == 2:
-            return redirect(request, b"simple/")
-        cid, immutable = await self._cid(ref)
-        rest = parts[2:]
-        if rest == [""]:
+    async def _serve(self, request: Any, wanted: Wanted) -> None:
+        cid, immutable = await self._cid(wanted.ref)
+        if wanted.name is None:
             return await self._snapshot_root(request, cid, immutable)
-        try:
-            name = normalize(rest[0])
-        except InvalidName as e:
-            raise HttpError(http.BAD_REQUEST, f"invalid project name: {e}")
-        if len(rest) == 1:
-            return redirect(request, quote(name).encode() + b"/")
-        if len(rest) > 2 or rest[0] != name:
-            raise HttpError(http.NOT_FOUND, "no such page in the snapshot")
-        if rest[1] == "":
-            return await self._snapshot_project(request, cid, NormalizedName(name), immutable)
-        if not is_safe_filename(rest[1]):
-            raise HttpError(http.BAD_REQUEST, "invalid file name")
-        return await self._snapshot_file(request, cid, NormalizedName(name), rest[1])
+        if wanted.filename == "":
+            return await self._snapshot_project(request, cid, wanted.name, immutable)
+        return await self._snapshot_file(request, cid, wanted.name, wanted.filename)
 
     async def _cid(self, ref: str) -> Tuple[str, bool]:
         """The CID a reference means, and whether it is one (immutable) rather than a name."""
@@ -210,25 +186,19 @@ class SnapshotResource(SimpleResource):
         named = await self._names.resolve(ref)
         return named.cid, False
 
-    def _send(self, request: Any, render: Any, fmt: Format, content_type: str, immutable: bool,
-              unverified: int = 0) -> None:
-        body, gzipped = _render_both(render)
-        if unverified:
-            request.setHeader(UNVERIFIED_HEADER, str(unverified).encode())
-        self._send_page(request, _Rendered(None, body, _etag(body), None, gzipped), content_type, immutable)
-
     async def _snapshot_root(self, request: Any, cid: str, immutable: bool) -> None:
         fmt, content_type = self._negotiate(request)
         names = await self._reader.root(cid)
         render = index.render_root_json if fmt is Format.JSON_V1 else index.render_root_html
-        self._send(request, lambda: render(names), fmt, content_type, immutable)
+        self._send_rendered(request, lambda: render(names), content_type, immutable)
 
     async def _snapshot_project(self, request: Any, cid: str, name: NormalizedName, immutable: bool) -> None:
         fmt, content_type = self._negotiate(request)
         judged = await self._judge.judge(cid, await self._reader.project(cid, name))
         page = judged.page
         render = index.render_project_json if fmt is Format.JSON_V1 else index.render_project_html
-        self._send(request, lambda: render(page, _relative), fmt, content_type, immutable, len(judged.left_off))
+        left_off = ((UNVERIFIED_HEADER, b"%d" % len(judged.left_off)),) if judged.left_off else ()
+        self._send_rendered(request, lambda: render(page, _relative), content_type, immutable, left_off)
 
     async def _snapshot_file(self, request: Any, cid: str, name: NormalizedName, filename: str) -> None:
         judged = await self._judge.judge(cid, await self._reader.project(cid, name))
