@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
 from synapse_pypi._matrix_queue import MatrixQueue
 from synapse_pypi._matrix_writes import MatrixWrites
 from synapse_pypi._store import Store
-from synapse_pypi.trust import Decision, Outcome, Record, RoomView, Verdict
+from synapse_pypi.trust import POLICY_TYPE, Decision, Outcome, Record, RoomView, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,14 @@ class Moderation:
             logger.info("our attestation of %s in %s is signed with a previous key", rec.filename, room.room_id)
             return
         self.reported_count += 1
-        text = f"Invalid attestation for {rec.filename} in the slot of {rec.publisher} (sent by {rec.sender}): {rec.reason}."
+        what = "policy" if rec.event_type == POLICY_TYPE else "attestation"
+        text = f"Invalid {what} for {rec.filename} in the slot of {rec.publisher} (sent by {rec.sender}): {rec.reason}."
         logger.warning("invalid attestation in %s: %s", room.room_id, text)
         self._record(rec.event_id, project, rec.filename, rec.publisher, rec.claimed or "", "", rec.verdict.name.lower())
         if rec.verdict is Verdict.UNKNOWN_KEY:
             self.notice(project, room, text + " It is not relied on.", ("notice", rec.event_id))
         else:
-            self._redact_and_say(project, room, rec.event_id, f"invalid attestation: {rec.reason}", text)
+            self._redact_and_say(project, room, rec.event_id, f"invalid {what}: {rec.reason}", text)
 
     def alarm(self, project: str, room: Optional[RoomView], filename: str, decision: Decision, why: str) -> None:
         """The upstream publishes other bytes for a file than the hash that won: its bytes

@@ -186,10 +186,20 @@ class Publisher:
             done = "banned: it is not served or listed" if recommendation == "ban" else "no longer banned by us"
             await reply(f"{kind.capitalize()} {entity} of {project} is {done} (reason: {reason}).")
 
-    def restore(self, project: str, room: RoomView, filename: str) -> None:
-        """Someone overwrote our slot: send our attestation again, so that the room's state
-        (what peers and a restarted server read) carries it again."""
-        self._queue.submit(project, ("restore", filename), lambda: self._restore(room, filename))
+    def restore(self, project: str, room: RoomView, intruder: Record) -> None:
+        """Someone overwrote one of our slots (an attestation or a policy): send our own
+        event there again, so that the room's state (what peers, `synapse-pypi verify` and a
+        restarted server read first) carries it again. Readers that walk the slot back find
+        ours meanwhile; this spares them the walk, and spares peers that cannot."""
+        key = ("restore", intruder.event_type, intruder.filename)
+        self._queue.submit(project, key, lambda: self._restore(room, intruder.event_type, intruder.filename))
+
+    def restore_overwritten(self, room: RoomView) -> None:
+        """A room of ours was read: restore every slot of ours that someone else wrote last
+        (while this server was down, or before a restore it had queued could run)."""
+        for rec in room.intruders():
+            if rec.publisher == self.bot:
+                self.restore(room.rules.project, room, rec)
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -364,23 +374,26 @@ class Publisher:
         except Exception as e:
             logger.warning("could not post a summary in %s: %s", room.room_id, e)
 
-    async def _restore(self, room: RoomView, filename: str) -> None:
-        mine = room.record(filename, self.bot)
+    async def _restore(self, room: RoomView, event_type: str, name: str) -> None:
+        mine = room.slot_record(event_type, name, self.bot)
         ev = room.event_for(mine.event_id) if mine is not None and mine.valid else None
-        if ev is None:
-            return
+        still = any(r.event_type == event_type and r.publisher == self.bot for r in room.intruders(name))
+        if ev is None or ev.state_key is None or not still:
+            return  # nothing of ours to restore, or ours is the slot's current event again
         try:
             sent = await self._writes.send(
                 {
-                    "type": ATTESTATION_TYPE,
+                    "type": ev.type,
                     "room_id": room.room_id,
                     "sender": self.bot,
-                    "state_key": state_key_for(filename, self.bot),
+                    "state_key": ev.state_key,
                     "content": dict(ev.content),
                 }
             )
         except Exception as e:
-            logger.warning("could not restore our attestation of %s in %s: %s", filename, room.room_id, e)
+            logger.warning("could not restore our %s of %s in %s: %s", event_type, name, room.room_id, e)
             return
-        room.apply(to_room_event(sent))
-        logger.info("restored our attestation of %s in %s after someone overwrote it", filename, room.room_id)
+        rev = to_room_event(sent)
+        room.apply(rev)
+        self._rooms.keep(room, [rev])
+        logger.info("restored our %s of %s in %s after someone overwrote it", event_type, name, room.room_id)

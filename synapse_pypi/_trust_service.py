@@ -140,6 +140,7 @@ class TrustService:
 
     def _local_loaded(self, room: RoomView) -> None:
         self.publisher.check_key(room)
+        self.publisher.restore_overwritten(room)
 
     # -- views -----------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ __all__ = [
     "RoomView",
     "Rules",
     "fold",
+    "slot_owner",
 ]
 
 CREATE = "m.room.create"
@@ -190,6 +191,7 @@ class Record:
             for notices only), None when it could not be read.
         claimed: the sha256 it claims, for notices, also when malformed (bounded).
         policy: for a policy event, what it says (VALID: it counts).
+        event_type: the slot's event type (`ATTESTATION_TYPE` or `POLICY_TYPE`).
     """
 
     filename: str
@@ -201,6 +203,7 @@ class Record:
     attestation: Attestation | None = None
     claimed: str | None = None
     policy: Policy | None = None
+    event_type: str = ATTESTATION_TYPE
 
     @property
     def valid(self) -> bool:
@@ -358,6 +361,11 @@ class RoomView:
     def record(self, filename: str, publisher: str) -> Record | None:
         return self._records.get((ATTESTATION_TYPE, filename, publisher))
 
+    def slot_record(self, event_type: str, name: str, owner: str) -> Record | None:
+        """The owner's own record in a slot: of a file (attestations) or of
+        ``"<kind>:<entity>"`` (policies), as `Record.filename` names it."""
+        return self._records.get((event_type, name, owner))
+
     def filenames(self) -> list[str]:
         return sorted({f for t, f, _ in self._records if t == ATTESTATION_TYPE})
 
@@ -465,15 +473,8 @@ class RoomView:
 
     def _slot_event(self, event: RoomEvent) -> Changes:
         assert event.state_key is not None
-        try:
-            if event.type == POLICY_TYPE:
-                kind, entity, owner = split_policy_key(event.state_key)
-                name = f"{kind}:{entity}"
-            else:
-                name, owner = split_state_key(event.state_key)
-        except MalformedAttestation:
-            name, owner = event.state_key, ""
-        slot = (event.type, name, owner)
+        slot = _slot_of(event.type, event.state_key)
+        owner = slot[2]
         if event.sender == owner:
             for old in (self._owned.get(slot), self._intruders.pop(slot, None)):
                 if old is not None:
@@ -578,7 +579,11 @@ class RoomView:
         return None
 
     def _judge(self, slot: _Slot, ev: RoomEvent) -> Record:
-        etype, filename, owner = slot
+        rec = self._judge_owned(slot, ev)
+        return rec if slot[0] == ATTESTATION_TYPE else attrs.evolve(rec, event_type=slot[0])
+
+    def _judge_owned(self, slot: _Slot, ev: RoomEvent) -> Record:
+        _, filename, owner = slot
         claimed = _claimed(ev.content)
         by = self._removed_by(ev)
         if by is not None:
@@ -615,15 +620,16 @@ class RoomView:
         return Record(filename, owner, ev.event_id, ev.sender, verdict, reason + ignored, checked, checked.sha256)
 
     def _judge_intruder(self, slot: _Slot, ev: RoomEvent) -> Record:
-        _, filename, owner = slot
+        etype, filename, owner = slot
         claimed = _claimed(ev.content)
         by = self._removed_by(ev)
         if by is not None:
-            return Record(filename, owner, ev.event_id, ev.sender, Verdict.REDACTED, f"redacted by {by}", None, claimed)
+            return Record(filename, owner, ev.event_id, ev.sender, Verdict.REDACTED, f"redacted by {by}", None, claimed,
+                          event_type=etype)
         read = self._read(ev)
         reason = read[1] if isinstance(read, tuple) else f"{ev.sender} wrote into the slot of {owner}"
         return Record(filename, owner, ev.event_id, ev.sender, Verdict.IMPERSONATION if owner else Verdict.MALFORMED,
-                      reason, None, claimed)
+                      reason, None, claimed, event_type=etype)
 
     def _read(self, ev: RoomEvent) -> SignedAttestation | SignedPolicy | tuple[Verdict, str]:
         held = self._signed.get(ev.event_id)
@@ -665,12 +671,46 @@ def fold(room_id: str, rules: Rules, events: Iterable[RoomEvent]) -> RoomView:
     order = {CREATE: 0, POWER_LEVELS: 1, MEMBER: 2, KEY_TYPE: 3}
 
     def key(e: RoomEvent) -> tuple[int, int]:
-        owner = e.state_key if e.type == KEY_TYPE else (e.state_key or "").partition("/")[2]
+        if e.type == KEY_TYPE or not isinstance(e.state_key, str):
+            owner = e.state_key
+        else:
+            owner = _slot_of(e.type, e.state_key)[2]
         return order.get(e.type, 4), 0 if e.sender == owner else 1
 
     view = RoomView(room_id, rules)
     view.apply_all(sorted(events, key=key))
     return view
+
+
+def slot_owner(event_type: str, state_key: Any) -> str | None:
+    """Whose slot a state event is in, for the event types with one slot per owner
+    (attestations, policies, keys); None for other events and for malformed state keys.
+
+    Every reader of a room's state (the module's `_rooms`, `synapse-pypi verify`) calls this
+    to know which slots to walk back (``replaces_state``) when someone other than the owner
+    wrote last: the owner's own last event there is what counts, the intruder's is reported.
+    """
+    if not isinstance(state_key, str):
+        return None
+    if event_type == KEY_TYPE:
+        return state_key
+    if event_type in (ATTESTATION_TYPE, POLICY_TYPE):
+        owner = _slot_of(event_type, state_key)[2]
+        return owner or None
+    return None
+
+
+def _slot_of(event_type: str, state_key: str) -> _Slot:
+    """(type, file name or ``"<kind>:<entity>"``, owner) of an attestation or a policy; a
+    malformed state key is a slot of no owner ("")."""
+    try:
+        if event_type == POLICY_TYPE:
+            kind, entity, owner = split_policy_key(state_key)
+            return event_type, f"{kind}:{entity}", owner
+        name, owner = split_state_key(state_key)
+        return event_type, name, owner
+    except MalformedAttestation:
+        return event_type, state_key, ""
 
 
 def published_keys(content: Mapping[str, Any]) -> dict[str, VerifyKey]:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from synapse_pypi._maintainer import owners_events
 from synapse_pypi.trust import (
     ATTESTATION_TYPE,
     KEY_TYPE,
@@ -23,7 +24,17 @@ from synapse_pypi.trust import (
     verify_key_base64,
 )
 from synapse_pypi.trust._bans import POLICY_TYPE, build_policy, policy_state_key
-from synapse_pypi.trust._fold import CREATE, POWER_LEVELS, PROJECT_FIELD, REDACTION, RoomEvent, RoomView, Rules, fold
+from synapse_pypi.trust._fold import (
+    CREATE,
+    POWER_LEVELS,
+    PROJECT_FIELD,
+    REDACTION,
+    RoomEvent,
+    RoomView,
+    Rules,
+    fold,
+    slot_owner,
+)
 
 BOT = "@pypi-bot:a.example"
 MOD = "@mod:a.example"
@@ -278,7 +289,8 @@ def actions(draw: Any) -> list[tuple]:
     """A sequence of abstract actions; turned into events by `play`."""
     out = []
     for _ in range(draw(st.integers(0, 14))):
-        kind = draw(st.sampled_from(["att", "att", "att", "key", "power", "redact", "junk", "junk_key", "policy"]))
+        kind = draw(st.sampled_from(["att", "att", "att", "key", "power", "redact", "junk", "junk_key", "policy",
+                                     "policy", "overwrite"]))
         if kind == "att":
             out.append(("att", draw(st.sampled_from(USERS)), draw(st.sampled_from(FILES)),
                         draw(st.sampled_from(SHAS)), draw(st.sampled_from([None] + USERS)),
@@ -294,6 +306,10 @@ def actions(draw: Any) -> list[tuple]:
             out.append(("policy", draw(st.sampled_from(USERS)), draw(st.sampled_from(["file", "version", "project"])),
                         draw(st.sampled_from(["ban", "unban"])), draw(st.sampled_from([None] + USERS)),
                         draw(st.sampled_from(["own", "other", "wrong_project"]))))
+        elif kind == "overwrite":
+            # Someone writes into a slot already written (its owner's or not): what the
+            # readers walk back through.
+            out.append(("overwrite", draw(st.sampled_from(USERS)), draw(st.integers(0, 50))))
         elif kind == "junk":
             out.append(("junk", draw(st.sampled_from(USERS)), draw(st.sampled_from(FILES + ["bad/key/x", "nofilename"])),
                         draw(json_values)))
@@ -333,6 +349,12 @@ def play(acts: list[tuple]) -> list[RoomEvent]:
                                    signing_key=KEYS[sender] if signer != "other" else OTHER_KEY)
             events.append(RoomEvent(_eid(), POLICY_TYPE, sender, policy_state_key(pkind, entity, slot or sender),
                                     content))
+        elif kind == "overwrite":
+            _, sender, index = act
+            slots = [e for e in events if e.type in (ATTESTATION_TYPE, KEY_TYPE, POLICY_TYPE)]
+            if slots:
+                target = slots[index % len(slots)]
+                events.append(RoomEvent(_eid(), target.type, sender, target.state_key, target.content))
         elif kind == "junk":
             _, sender, skey, content = act
             content = content if isinstance(content, dict) else {"schema": content}
@@ -344,33 +366,47 @@ def play(acts: list[tuple]) -> list[RoomEvent]:
     return events
 
 
+class _History:
+    """A room's events as a server stores them, read back the way `synapse-pypi verify` and
+    the module read them: `event` answers the walk back through ``replaces_state``."""
+
+    def __init__(self, events: list[RoomEvent]) -> None:
+        self.by_id: dict[str, dict] = {}
+        current: dict[tuple, dict] = {}
+        for e in events:
+            if e.state_key is None:
+                continue
+            d = {"event_id": e.event_id, "type": e.type, "sender": e.sender, "state_key": e.state_key,
+                 "content": dict(e.content), "unsigned": {}}
+            prev = current.get((e.type, e.state_key))
+            if prev is not None:
+                d["unsigned"]["replaces_state"] = prev["event_id"]  # as Synapse sets it
+            current[(e.type, e.state_key)] = self.by_id[e.event_id] = d
+        self.state = list(current.values())
+
+    def event(self, room_id: str, event_id: str) -> dict | None:
+        return self.by_id.get(event_id)
+
+
 def final_state(events: list[RoomEvent]) -> list[RoomEvent]:
     """What a reader gets after the fact: the current state, with redactions Synapse applied
-    marked on their targets (content kept), and, for a slot an intruder wrote last, the
-    owner's own last event there too (the module walks `replaces_state` for it)."""
+    marked on their targets (content kept, as the module keeps it), and, for a slot someone
+    other than its owner wrote last, whatever the real reader walks back to through
+    ``replaces_state`` (`_maintainer.owners_events`, which decides which slots to walk with the
+    same `slot_owner` as the module's `_rooms`)."""
     redactions: dict[str, tuple[str, ...]] = {}
     for e in events:
         if e.type == REDACTION and e.applied and e.redacts:
             redactions[e.redacts] = redactions.get(e.redacts, ()) + (e.sender,)
+    by_id = {e.event_id: e for e in events}
 
     def marked(e: RoomEvent) -> RoomEvent:
         by = redactions.get(e.event_id)
         return RoomEvent(e.event_id, e.type, e.sender, e.state_key, e.content, redacted=True, redacted_by=by) if by else e
 
-    history: dict[tuple, list[RoomEvent]] = {}
-    for e in events:
-        if e.state_key is not None:
-            history.setdefault((e.type, e.state_key), []).append(e)
-    out = []
-    for (etype, skey), evs in history.items():
-        out.append(marked(evs[-1]))
-        if etype in (ATTESTATION_TYPE, KEY_TYPE, POLICY_TYPE):
-            owner = skey if etype == KEY_TYPE else skey.partition("/")[2]
-            if evs[-1].sender != owner:
-                owned = [e for e in evs if e.sender == owner]
-                if owned:
-                    out.append(marked(owned[-1]))
-    return out
+    history = _History(events)
+    read = owners_events(history, "!room", history.state)  # type: ignore[arg-type]  # a stand-in server
+    return [marked(by_id[d["event_id"]]) for d in read]
 
 
 def snapshot(view: RoomView) -> tuple:
@@ -453,3 +489,25 @@ def test_a_policy_bans_only_with_a_trusted_key_and_a_redaction_lifts_it() -> Non
     view.apply(redaction(MOD, ev.event_id))
     assert not [r for r in view.policies() if r.valid and r.publisher == BOT]
 
+
+
+def test_an_intruder_in_the_bots_ban_slot_lifts_nothing_on_a_fresh_read() -> None:
+    """A publisher with the power to send policies writes an unban into the bot's ban slot:
+    the live view, and every reader of the room's state afterwards (restart, re-verify,
+    `synapse-pypi verify`, a peer's first read), keep the bot's ban and report the intruder."""
+    assert slot_owner(POLICY_TYPE, policy_state_key("file", FILES[0], BOT)) == BOT
+    ban = build_policy(project=PROJECT, kind="file", entity=FILES[0], recommendation="ban", reason="malware",
+                       source="moderator", timestamp=1, publisher=BOT, signing_key=KEYS[BOT])
+    lift = build_policy(project=PROJECT, kind="file", entity=FILES[0], recommendation="unban", reason="mine now",
+                        source="moderator", timestamp=2, publisher=PUB, signing_key=KEYS[PUB])
+    slot = policy_state_key("file", FILES[0], BOT)
+    events = [create(), power({MOD: 50, PUB: 60}), key_event(PUB),
+              RoomEvent(_eid(), POLICY_TYPE, BOT, slot, ban), RoomEvent(_eid(), POLICY_TYPE, PUB, slot, lift)]
+    live = RoomView("!room", RULES)
+    live.apply_all(events)
+    for view in (live, fold("!room", RULES, final_state(events))):
+        (rec,) = view.policies()
+        assert rec.valid and rec.publisher == BOT and rec.policy.recommendation == "ban"
+        assert view.slot_record(POLICY_TYPE, f"file:{FILES[0]}", BOT) == rec
+        (report,) = view.intruders()
+        assert (report.verdict, report.sender, report.event_type) == (Verdict.IMPERSONATION, PUB, POLICY_TYPE)
