@@ -16,7 +16,7 @@ from urllib.parse import quote
 import attrs
 import pytest
 from harness.clients import slow_reader
-from harness.dists import build_sdist, build_wheel, project_dir, sha256_file
+from harness.dists import build_sdist, build_wheel, project_dir, sha256_file, yank
 from harness.matrix import Client, join_when_ready, poll
 from harness.synapse import SynapseServer, free_port
 from harness.upstream import UpstreamServer, http_request
@@ -225,6 +225,32 @@ def test_the_upstream_quarantining_a_project_bans_it_for_peers_to_see(bn):
         (bn.root / "upstream-quarantined" / ".status").unlink()
     poll(lambda: bn.listed("upstream-quarantined") == [wheel.name] and bn.bans("upstream-quarantined") == [],
          what="lifted when the upstream lifts it")
+
+
+def test_a_file_yanked_upstream_after_the_mirror_holds_it_stays_served_with_its_flag(bn):
+    """PEP 592: a yank is not a removal. The mirror keeps serving the file it holds and lists
+    it with the yank and its reason; nothing is banned."""
+    kept, yanked = bn.serve("yanked-later", "1.0", "2.0")
+    yank(yanked, "broken build")
+    page = json.loads(http_request(f"{bn.hs.url}/simple/yanked-later/", headers=JSON, timeout=60)[2])
+    flags = {f["filename"]: f["yanked"] for f in page["files"]}
+    assert flags == {kept.name: False, yanked.name: "broken build"}
+    status, _, body = bn.get("yanked-later", yanked.name)
+    assert status == 200 and body == yanked.read_bytes()
+    assert bn.bans("yanked-later") == []
+
+
+def test_a_project_quarantined_before_the_first_fetch_is_banned_for_peers_to_see(bn):
+    """The upstream quarantined the project before this mirror ever asked for it: its page
+    says so at the first fetch, and the ban is published all the same (not only on a change),
+    so that peers that hold its files stop serving them."""
+    build_wheel(project_dir(bn.root, "born-quarantined"), "born-quarantined", "1.0")
+    (bn.root / "born-quarantined" / ".status").write_text("quarantined\nmalware at upload")
+    page = json.loads(http_request(f"{bn.hs.url}/simple/born-quarantined/", headers=JSON, timeout=60)[2])
+    assert page["files"] == [] and page["project-status"]["status"] == "quarantined"
+    ban = poll(lambda: bn.bans("born-quarantined"), what="the upstream's quarantine published")[0]
+    assert (ban["kind"], ban["entity"], ban["source"]) == ("project", "born-quarantined", "upstream")
+    assert "malware at upload" in ban["reason"]
 
 
 def _verify(hs: SynapseServer, token: str, cwd: Path) -> subprocess.CompletedProcess[str]:
