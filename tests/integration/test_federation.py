@@ -5,6 +5,7 @@ lying publisher is caught by both, redactions travel."""
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -23,11 +24,13 @@ from synapse_pypi.trust import (
     KEY_TYPE,
     build_content,
     generate_key,
+    key_id,
     load_or_create_key,
     public_key_string,
     state_key_for,
     verify_key_base64,
 )
+from synapse_pypi.trust._bans import POLICY_TYPE, build_policy, policy_state_key
 
 pytestmark = pytest.mark.synapse
 
@@ -361,6 +364,49 @@ def test_a_ban_on_a_stops_b_also_offline_with_the_file_in_its_cache(fed):
         assert [(b["entity"], b["publisher"]) for b in bans] == [(path.name, fed.bot(fed.a))]
     finally:
         fed.upstream.start()
+
+
+def test_an_untrusted_users_policy_changes_nothing_on_a_or_b(fed):
+    """Issue 14: a publisher of A's (with the power to send policy events) bans a project with
+    a key nobody trusts: neither A nor B, which reads A's room, stops serving it. Once that key
+    is published in A's room at the key level, A counts it (keys published in its own rooms
+    do); B still does not: in a peer's room it trusts only the keys pinned in its config."""
+    from harness.dists import build_wheel, project_dir
+
+    path = build_wheel(project_dir(fed.root, "untrusted-far"), "untrusted-far", "1.0")
+    for hs in (fed.a, fed.b):
+        status, _, body = http_request(f"{hs.url}/simple/untrusted-far/{path.name}", timeout=60)
+        assert status == 200 and body == path.read_bytes()
+    room = fed.a_room("untrusted-far")
+    poll(lambda: fed.status(fed.b, fed.admin_b, "untrusted-far", path.name)["peer_rooms"], what="B reads A's room")
+    key = generate_key()
+    slot = policy_state_key("project", "untrusted-far", fed.liar.user_id)
+
+    def ban() -> str:
+        content = build_policy(project="untrusted-far", kind="project", entity="untrusted-far", recommendation="ban",
+                               reason="I say so", source="moderator", timestamp=int(time.time() * 1000),
+                               publisher=fed.liar.user_id, signing_key=key)
+        return fed.liar.send_state(room, POLICY_TYPE, slot, content)
+
+    def flagged(admin: Client, event_id: str) -> list:
+        return [f for f in admin.call("GET", "/_synapse/pypi/v1/projects/untrusted-far/flagged")["flagged"]
+                if f["event_id"] == event_id and f["kind"] == "unknown_key"]
+
+    def served(hs: SynapseServer) -> int:
+        return http_request(f"{hs.url}/simple/untrusted-far/{path.name}", timeout=60)[0]
+
+    first = ban()
+    for hs, admin in ((fed.a, fed.admin_a), (fed.b, fed.admin_b)):
+        poll(lambda admin=admin: flagged(admin, first), what=f"{hs.server_name} reports the untrusted ban")
+        assert admin.call("GET", "/_synapse/pypi/v1/projects/untrusted-far/bans")["bans"] == []
+        assert served(hs) == 200
+    fed.liar.send_state(room, KEY_TYPE, fed.liar.user_id, {"keys": {key_id(key): verify_key_base64(key)}})
+    # Sent again after the key: B has the key event by the time it reports this one.
+    second = ban()
+    poll(lambda: served(fed.a) == 404, what="A counts the key published in its room")
+    poll(lambda: flagged(fed.admin_b, second), what="B reports the ban again")
+    assert fed.admin_b.call("GET", "/_synapse/pypi/v1/projects/untrusted-far/bans")["bans"] == []
+    assert served(fed.b) == 200
 
 
 def test_peer_aliases_cannot_detach_or_replace_our_views(fed):
