@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
 
 from synapse_pypi._matrix_queue import MatrixQueue
 from synapse_pypi._matrix_writes import MatrixWrites
+from synapse_pypi._rooms import ProjectTrust
 from synapse_pypi._store import Store
 from synapse_pypi.trust import POLICY_TYPE, Decision, Outcome, Record, RoomView, Verdict
 
@@ -75,6 +76,26 @@ class Moderation:
         }
 
     # -- findings --------------------------------------------------------------------
+
+    def handle(self, project: str, pt: Optional[ProjectTrust], filename: str, decision: Decision) -> None:
+        """What a serve decision finds: fraud flagged, an upstream change alarmed, a conflict
+        summoned, invalid attestations reported. Each once; Matrix work goes to the queue."""
+        if pt is None:
+            return
+        local = pt.local
+        if decision.fraud:
+            source = _source(decision, pt, filename)
+            for claim in decision.fraud:
+                for room, rec in pt.records(filename):
+                    if room.room_id == claim.room and rec.publisher == claim.publisher and rec.sha256 == claim.sha256:
+                        self.fraud(project, room, rec, decision, source)
+        if decision.upstream_lost is not None:
+            self.alarm(project, local, filename, decision, _source(decision, pt, filename))
+        if decision.outcome is Outcome.CONFLICT:
+            self.conflict(project, local, filename, decision)
+        for room, rec in pt.reports(filename):
+            if rec.verdict not in (Verdict.VALID, Verdict.REDACTED):
+                self.report(project, room, rec)
 
     def fraud(self, project: str, room: RoomView, rec: Record, decision: Decision, source: str) -> None:
         """A valid attestation that the decision contradicts: recorded, redacted where the
@@ -237,3 +258,16 @@ class Moderation:
         self._run_background(
             "synapse_pypi_record_flag", self._store.record_fraud, key, project, filename, publisher, claimed, truth, kind
         )
+
+
+def _source(decision: Decision, pt: ProjectTrust, filename: str) -> str:
+    """Who made the winning hash win, for notices."""
+    winners = [c for c in pt.claims(filename) if c.sha256 == decision.sha256]
+    pinned = sorted({c.publisher for c in winners if c.pinned})
+    if pinned:
+        return f"the pinned maintainer {', '.join(pinned)}"
+    if any(c.own for c in winners):
+        return "what this mirror verified against the upstream"
+    if not winners:
+        return "the upstream index's hash"
+    return f"{len({c.server for c in winners})} independent publishers and the upstream"
