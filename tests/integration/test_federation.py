@@ -409,6 +409,67 @@ def test_an_untrusted_users_policy_changes_nothing_on_a_or_b(fed):
     assert served(fed.b) == 200
 
 
+def test_b_reading_a_room_for_the_first_time_keeps_a_ban_whose_slot_was_overwritten(tmp_path):
+    """A publisher of A's writes an unban into A's bot's ban slot. B, which has never read A's
+    room, reads it while the overwrite is its current state (A's restore is held back): B
+    walks the slot back to A's bot's ban, as A itself does, and refuses the file."""
+    from harness.clients import slow_reader
+    from harness.dists import build_wheel, project_dir
+
+    root = tmp_path / "dists"
+    root.mkdir()
+    upstream = UpstreamServer(root, tmp_path / "upstream").start()
+    fa, fb = free_port(), free_port()
+    name_a, name_b = f"localhost:{fa}", f"localhost:{fb}"
+    key_a_path = tmp_path / "key-a" / "attestation_signing.key"
+    key_a = load_or_create_key(str(key_a_path))
+    a = SynapseServer(tmp_path / "hs-a", federation_port=fa, federation_names=[name_b], module_config={
+        "upstream_url": upstream.url, "page_ttl": 0, "upstream_retry_interval": 0,
+        "signing_key_path": str(key_a_path), "publishers": [f"@pub:{name_a}"],
+        # While a download is in flight on A, its Matrix queue's ordinary jobs (the bot's
+        # restore among them) wait up to this long: the overwrite stays the slot's state.
+        "matrix_max_delay": "10m",
+    })
+    b = SynapseServer(tmp_path / "hs-b", federation_port=fb, federation_names=[name_a], module_config={
+        "upstream_url": upstream.url, "page_ttl": 0, "upstream_retry_interval": 0, "peers": [name_a],
+        "trusted_keys": {f"@pypi-bot:{name_a}": [public_key_string(key_a)]},
+    })
+    try:
+        a.start()
+        b.start()
+        admin, pub = Client.register(a, "admin", admin=True), Client.register(a, "pub")
+        admin_b = Client.register(b, "admin", admin=True)
+        bot = f"@pypi-bot:{name_a}"
+        wheel = build_wheel(project_dir(root, "far-ban"), "far-ban", "1.0")
+        big = build_wheel(project_dir(root, "held-open"), "held-open", "1.0", payload_size=20_000_000)
+        for project, path in (("far-ban", wheel), ("held-open", big)):
+            assert http_request(f"{a.url}/simple/{project}/{path.name}", timeout=120)[0] == 200
+        admin.call("POST", "/_synapse/pypi/v1/projects/far-ban/bans", {"target": wheel.name, "reason": "malware"})
+        room = join_when_ready(admin, f"#pypi-far-ban:{name_a}")
+        pub.join(room)
+        slot = policy_state_key("file", wheel.name, bot)
+        lift = build_policy(project="far-ban", kind="file", entity=wheel.name, recommendation="unban",
+                            reason="mine now", source="moderator", timestamp=1, publisher=pub.user_id,
+                            signing_key=generate_key())
+        reader = slow_reader(f"{a.url}/simple/held-open/{big.name}")
+        try:
+            pub.send_state(room, POLICY_TYPE, slot, lift)
+            poll(lambda: [f for f in admin.call("GET", "/_synapse/pypi/v1/projects/far-ban/flagged")["flagged"]
+                          if f["kind"] == "impersonation"], what="A reports the overwrite")
+            status, _, body = http_request(f"{b.url}/simple/far-ban/{wheel.name}", timeout=60)
+            assert status == 404 and b"malware" in body and bot.encode() in body
+            # Still the overwrite when B read the room.
+            assert admin.state_event(room, POLICY_TYPE, slot)["publisher"] == pub.user_id
+            bans = admin_b.call("GET", "/_synapse/pypi/v1/projects/far-ban/bans")["bans"]
+            assert [(ban["entity"], ban["publisher"]) for ban in bans] == [(wheel.name, bot)]
+        finally:
+            reader.close()
+    finally:
+        a.dispose()
+        b.dispose()
+        upstream.stop()
+
+
 def test_peer_aliases_cannot_detach_or_replace_our_views(fed):
     """A's users bind A's package aliases to rooms of their choice: B's own room, A's room for
     another project, a room of their own. B ignores each one and reports it, and its own
