@@ -152,7 +152,7 @@ class EventFeed:
             elif rec.verdict is not Verdict.REDACTED:
                 self._moderation.report(project, room, rec)
                 if rec.publisher == self._bot:
-                    self._publisher.restore(project, room, rec.filename)
+                    self._publisher.restore(project, room, rec)
         if kept:
             self._rooms.keep(room, [e for e in (room.event_for(r.event_id) for r in kept) if e is not None])
         if new_valid:

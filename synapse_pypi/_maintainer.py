@@ -62,6 +62,7 @@ from synapse_pypi.trust import (
     state_key_for,
     verify_key_base64,
 )
+from synapse_pypi.trust._fold import slot_owner
 
 __all__ = [
     "DEFAULT_BOT_LOCALPART",
@@ -1121,18 +1122,16 @@ MAX_SLOT_HISTORY = 20
 
 
 def owners_events(homeserver: Homeserver, room_id: str, events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The room's state as the mirror reads it: for an attestation or key slot that someone
-    other than its owner wrote last, the owner's own last event there too (found by walking
-    back through ``unsigned.replaces_state``), so an intruder cannot erase a vouch or a key.
-    The intruder's event stays in: it is reported, never counted."""
+    """The room's state as the mirror reads it: for an attestation, policy or key slot that
+    someone other than its owner wrote last (`slot_owner`, the module's own rule), the owner's
+    own last event there too (found by walking back through ``unsigned.replaces_state``), so an
+    intruder cannot erase a vouch, a ban or a key. The intruder's event stays in: it is
+    reported, never counted."""
     out: list[Mapping[str, Any]] = []
     for ev in events:
         out.append(ev)
-        skey, etype = ev.get("state_key"), ev.get("type")
-        if not isinstance(skey, str) or etype not in (ATTESTATION_TYPE, KEY_TYPE):
-            continue
-        owner = skey if etype == KEY_TYPE else skey.partition("/")[2]
-        if owner and ev.get("sender") != owner:
+        owner = slot_owner(str(ev.get("type")), ev.get("state_key"))
+        if owner is not None and ev.get("sender") != owner:
             prev = _owners_last(homeserver, room_id, ev, owner)
             if prev is not None:
                 out.append(prev)

@@ -12,8 +12,9 @@ from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
 
 from synapse_pypi._matrix_queue import MatrixQueue
 from synapse_pypi._matrix_writes import MatrixWrites
+from synapse_pypi._rooms import ProjectTrust
 from synapse_pypi._store import Store
-from synapse_pypi.trust import Decision, Outcome, Record, RoomView, Verdict
+from synapse_pypi.trust import POLICY_TYPE, Decision, Outcome, Record, RoomView, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,26 @@ class Moderation:
 
     # -- findings --------------------------------------------------------------------
 
+    def handle(self, project: str, pt: Optional[ProjectTrust], filename: str, decision: Decision) -> None:
+        """What a serve decision finds: fraud flagged, an upstream change alarmed, a conflict
+        summoned, invalid attestations reported. Each once; Matrix work goes to the queue."""
+        if pt is None:
+            return
+        local = pt.local
+        if decision.fraud:
+            source = _source(decision, pt, filename)
+            for claim in decision.fraud:
+                for room, rec in pt.records(filename):
+                    if room.room_id == claim.room and rec.publisher == claim.publisher and rec.sha256 == claim.sha256:
+                        self.fraud(project, room, rec, decision, source)
+        if decision.upstream_lost is not None:
+            self.alarm(project, local, filename, decision, _source(decision, pt, filename))
+        if decision.outcome is Outcome.CONFLICT:
+            self.conflict(project, local, filename, decision)
+        for room, rec in pt.reports(filename):
+            if rec.verdict not in (Verdict.VALID, Verdict.REDACTED):
+                self.report(project, room, rec)
+
     def fraud(self, project: str, room: RoomView, rec: Record, decision: Decision, source: str) -> None:
         """A valid attestation that the decision contradicts: recorded, redacted where the
         bot may, announced."""
@@ -105,13 +126,14 @@ class Moderation:
             logger.info("our attestation of %s in %s is signed with a previous key", rec.filename, room.room_id)
             return
         self.reported_count += 1
-        text = f"Invalid attestation for {rec.filename} in the slot of {rec.publisher} (sent by {rec.sender}): {rec.reason}."
+        what = "policy" if rec.event_type == POLICY_TYPE else "attestation"
+        text = f"Invalid {what} for {rec.filename} in the slot of {rec.publisher} (sent by {rec.sender}): {rec.reason}."
         logger.warning("invalid attestation in %s: %s", room.room_id, text)
         self._record(rec.event_id, project, rec.filename, rec.publisher, rec.claimed or "", "", rec.verdict.name.lower())
         if rec.verdict is Verdict.UNKNOWN_KEY:
             self.notice(project, room, text + " It is not relied on.", ("notice", rec.event_id))
         else:
-            self._redact_and_say(project, room, rec.event_id, f"invalid attestation: {rec.reason}", text)
+            self._redact_and_say(project, room, rec.event_id, f"invalid {what}: {rec.reason}", text)
 
     def alarm(self, project: str, room: Optional[RoomView], filename: str, decision: Decision, why: str) -> None:
         """The upstream publishes other bytes for a file than the hash that won: its bytes
@@ -236,3 +258,16 @@ class Moderation:
         self._run_background(
             "synapse_pypi_record_flag", self._store.record_fraud, key, project, filename, publisher, claimed, truth, kind
         )
+
+
+def _source(decision: Decision, pt: ProjectTrust, filename: str) -> str:
+    """Who made the winning hash win, for notices."""
+    winners = [c for c in pt.claims(filename) if c.sha256 == decision.sha256]
+    pinned = sorted({c.publisher for c in winners if c.pinned})
+    if pinned:
+        return f"the pinned maintainer {', '.join(pinned)}"
+    if any(c.own for c in winners):
+        return "what this mirror verified against the upstream"
+    if not winners:
+        return "the upstream index's hash"
+    return f"{len({c.server for c in winners})} independent publishers and the upstream"

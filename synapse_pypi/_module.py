@@ -242,20 +242,21 @@ class PyPIModule:
         return sha, fresh and sha is not None
 
     def _page_changed(
-        self, project: str, old: index.ProjectPage, new: index.ProjectPage
+        self, project: str, old: Optional[index.ProjectPage], new: index.ProjectPage
     ) -> index.ProjectPage:
-        """The upstream's page of a project changed (issue 14). A project it quarantined,
-        and files it stopped listing that we hold, are banned in our room with the upstream
-        as the source, so that peers stop serving them too; unless the admin keeps removed
-        files for the project (builds pinned to them), then they stay on the page. Files the
-        upstream lists again lose our upstream-sourced ban."""
+        """The upstream's page of a project was fetched (issue 14), `old` is the page we had
+        (None the first time). A project it quarantined, also one quarantined before we ever
+        fetched it, and files it stopped listing that we hold, are banned in our room with the
+        upstream as the source, so that peers stop serving them too; unless the admin keeps
+        removed files for the project (builds pinned to them), then they stay on the page.
+        Files the upstream lists again lose our upstream-sourced ban."""
 
         def held(f: index.DistFile) -> bool:
             sha = f.hashes.get("sha256")
             return sha is not None and self._cache.has(sha)
 
-        removed = [f for f in old.files if new.file(f.filename) is None and held(f)]
-        if new.quarantined and not old.quarantined:
+        removed = [f for f in old.files if new.file(f.filename) is None and held(f)] if old is not None else []
+        if new.quarantined and (old is None or not old.quarantined):
             why = f": {new.status_reason}" if new.status_reason else ""
             self._trust.ban(project, "project", project, f"quarantined by the upstream index{why}", "upstream")
         for rec in self._trust.our_bans(project):

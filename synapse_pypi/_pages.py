@@ -216,9 +216,11 @@ class PageService:
             one per request); also how long a page the upstream botched (a bad status, a
             malformed or oversized body) is answered with that error without asking again.
         budget: parsed pages in memory, bounded in bytes (shared with rendered pages).
-        on_change: told (project, the page we had, the upstream's new one) before a changed
-            project page is stored; returns the page to keep (issue 14: files the upstream
-            stopped listing are banned, or kept where the admin said so).
+        on_change: told (project, the page we had or None the first time, the upstream's new
+            one) before a fetched project page is stored; returns the page to keep (issue 14:
+            files the upstream stopped listing are banned, or kept where the admin said so; a
+            project the upstream quarantined is banned, also when it already was at the first
+            fetch).
         serial_grace_ms: how long upstream pages without a serial are held back when the
             cached page has one (`SerialGuard`).
     """
@@ -235,7 +237,9 @@ class PageService:
         defer_to_thread: Optional[Callable[..., Awaitable[Any]]] = None,
         retry_ms: int = 10_000,
         budget: Optional[PageBudget] = None,
-        on_change: Optional[Callable[[str, index.ProjectPage, index.ProjectPage], index.ProjectPage]] = None,
+        on_change: Optional[
+            Callable[[str, Optional[index.ProjectPage], index.ProjectPage], index.ProjectPage]
+        ] = None,
         serial_grace_ms: int = SERIAL_GRACE_MS,
     ):
         self._on_change = on_change
@@ -435,8 +439,8 @@ class PageService:
         if entry is not None and self._serials.keep_ours(key, page, entry.page):
             # As if the upstream had said "not modified".
             return await self._revalidated(key, entry), False
-        if entry is not None and key != ROOT and self._on_change is not None:
-            kept = self._on_change(key, entry.page, page)
+        if key != ROOT and self._on_change is not None:
+            kept = self._on_change(key, entry.page if entry is not None else None, page)
             if kept is not page:
                 page, text = kept, index.page_to_json(kept)
         stored = StoredPage(key, text, response.etag, response.last_modified, self._now())

@@ -1,4 +1,5 @@
-"""Publishing this server's word: package rooms, the bot's key, and its attestations.
+"""Publishing this server's word: its attestations and its policies (bans), restored where
+someone overwrote them. Our rooms and our key in them are made by `_room_setup.RoomSetup`.
 
 Everything here is a Matrix write, so it runs in the Matrix queue, after the requests that
 caused it have been answered (DESIGN.md §3). The serve path calls `served`, which returns at
@@ -13,28 +14,25 @@ it, the file is attested afresh when next served.
 
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
 
 from synapse_pypi import index
 from synapse_pypi._config import PyPIConfig
 from synapse_pypi._matrix_queue import MatrixQueue
 from synapse_pypi._matrix_writes import MatrixWrites
 from synapse_pypi._metrics import ATTESTATIONS_PUBLISHED
+from synapse_pypi._room_setup import RoomSetup
 from synapse_pypi._rooms import Rooms, to_room_event
 from synapse_pypi._store import Store
 from synapse_pypi.trust import (
     ATTESTATION_TYPE,
-    KEY_TYPE,
     Record,
     RoomView,
     Verdict,
     build_content,
-    key_id,
     state_key_for,
-    verify_key_base64,
 )
 from synapse_pypi.trust._bans import POLICY_TYPE, build_policy, policy_state_key
-from synapse_pypi.trust._fold import KEY_LEVEL_FIELD, POWER_LEVELS, PROJECT_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +72,11 @@ class Publisher:
         self._queue = queue
         self._rooms = rooms
         self._key = signing_key
-        self._key_id = key_id(signing_key)
         self._version_of = version_of
         self.bot = rooms.bot
         self._summaries: Dict[str, List[str]] = {}
+        #: Our rooms as we make them, and our key in them.
+        self.setup = RoomSetup(api, config, queue, rooms, signing_key, writes, restate=self.restate)
 
     # -- what the serve path calls ---------------------------------------------------
 
@@ -96,8 +95,12 @@ class Publisher:
         self._submit_attest(project, dist, sha256, size, verified_against)
 
     def make_room(self, project: str) -> None:
-        """Queue the creation of our room for `project` (nothing happens if it exists)."""
-        self._queue.submit(project, ("room",), lambda: self._create(project))
+        """Queue the creation of our room for `project` (`RoomSetup.make_room`)."""
+        self.setup.make_room(project)
+
+    def check_key(self, room: RoomView) -> None:
+        """A room of ours was read: it must name the key we sign with now (`RoomSetup`)."""
+        self.setup.check_key(room)
 
     def stored(self, project: str, dist: index.DistFile, sha256: str, size: int) -> None:
         """One of our backends now holds the file (a CID): refresh our attestation with it."""
@@ -109,17 +112,6 @@ class Publisher:
         if mine is not None and mine.valid and mine.attestation is not None:
             basis = mine.attestation.verified_against or "upstream"
         self._submit_attest(project, dist, sha256, size, basis)
-
-    def check_key(self, room: RoomView) -> None:
-        """A room of ours was read: it must name the key we sign with now, and only that one
-        (after a rotation, attestations made with the old key stop counting and the bot
-        attests again as files are served)."""
-        ev = next((e for e in room.key_events() if e.sender == self.bot), None)
-        current = ev.content.get("keys") if ev is not None and not ev.redacted else None
-        if isinstance(current, Mapping) and list(current) == [self._key_id]:
-            return
-        project = room.rules.project
-        self._queue.submit(project, ("key",), lambda: self._publish_key(room))
 
     def publish_policy(
         self,
@@ -187,10 +179,20 @@ class Publisher:
             done = "banned: it is not served or listed" if recommendation == "ban" else "no longer banned by us"
             await reply(f"{kind.capitalize()} {entity} of {project} is {done} (reason: {reason}).")
 
-    def restore(self, project: str, room: RoomView, filename: str) -> None:
-        """Someone overwrote our slot: send our attestation again, so that the room's state
-        (what peers and a restarted server read) carries it again."""
-        self._queue.submit(project, ("restore", filename), lambda: self._restore(room, filename))
+    def restore(self, project: str, room: RoomView, intruder: Record) -> None:
+        """Someone overwrote one of our slots (an attestation or a policy): send our own
+        event there again, so that the room's state (what peers, `synapse-pypi verify` and a
+        restarted server read first) carries it again. Readers that walk the slot back find
+        ours meanwhile; this spares them the walk, and spares peers that cannot."""
+        key = ("restore", intruder.event_type, intruder.filename)
+        self._queue.submit(project, key, lambda: self._restore(room, intruder.event_type, intruder.filename))
+
+    def restore_overwritten(self, room: RoomView) -> None:
+        """A room of ours was read: restore every slot of ours that someone else wrote last
+        (while this server was down, or before a restore it had queued could run)."""
+        for rec in room.intruders():
+            if rec.publisher == self.bot:
+                self.restore(room.rules.project, room, rec)
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -198,67 +200,6 @@ class Publisher:
         self._queue.submit(
             project, ("attest", dist.filename), lambda: self._attest(project, dist, sha256, size, basis)
         )
-
-    async def _create(self, project: str) -> None:
-        await self._rooms.create(project, self._create_room)
-
-    async def _create_room(self, project: str) -> str:
-        config = self._config
-        users = {m: config.moderator_power_level for m in config.moderators}
-        users.update({p: config.attestation_power_level for p in config.publishers})
-        users.pop(self.bot, None)  # v12: the creator must not be listed
-        room_id, _ = await self._writes.create_room(
-            self.bot,
-            {
-                "preset": "public_chat",
-                "room_alias_name": f"{config.room_alias_prefix}{project}",
-                "name": f"{project} — attestations for files served by {self._api.server_name}",
-                "topic": (
-                    f"Signed attestations (sha256, size, CID) for the files of the Python project {project}, "
-                    f"published by the mirror {self._api.server_name} and other trusted publishers. "
-                    "Moderators: redact any attestation that is wrong."
-                ),
-                "creation_content": {PROJECT_FIELD: project, KEY_LEVEL_FIELD: config.trusted_key_power_level},
-                "power_level_content_override": {
-                    "users": users,
-                    # This map replaces Synapse's defaults, so it names every event that
-                    # shapes the room: moderators redact, they do not re-plumb the room.
-                    "events": {
-                        ATTESTATION_TYPE: config.attestation_power_level,
-                        KEY_TYPE: config.attestation_power_level,
-                        POLICY_TYPE: config.attestation_power_level,
-                        POWER_LEVELS: 100,
-                        "m.room.join_rules": 100,
-                        "m.room.history_visibility": 100,
-                        "m.room.canonical_alias": 100,
-                        "m.room.server_acl": 100,
-                        "m.room.encryption": 100,
-                        "m.room.tombstone": 100,
-                        "m.room.guest_access": 100,
-                        "m.room.name": 50,
-                        "m.room.topic": 50,
-                        "m.room.avatar": 50,
-                    },
-                    "redact": config.moderator_power_level,
-                    "state_default": 50,
-                    "events_default": 0,
-                },
-            },
-            # The Matrix queue paces room creation (room_creation_rate); Synapse's own
-            # per-user limit would only make the queue's jobs fail.
-            ratelimit=False,
-        )
-        # The key goes in before any attestation, in the same job.
-        await self._send_key(str(room_id))
-        return str(room_id)
-
-    async def _publish_key(self, room: RoomView) -> None:
-        try:
-            ev = await self._send_key(room.room_id)
-        except Exception as e:
-            logger.warning("could not publish our key in %s: %s", room.room_id, e)
-            return
-        self.restate(room, room.apply(to_room_event(ev)).lost)
 
     def restate(self, room: RoomView, lost: Iterable[Record]) -> None:
         """Our attestations that stopped counting because our key changed: state them again,
@@ -276,19 +217,6 @@ class Publisher:
                     requires_python=att.requires_python,
                 )
                 self._submit_attest(project, dist, att.sha256, att.size, att.verified_against or "upstream")
-
-    async def _send_key(self, room_id: str) -> Any:
-        ev = await self._writes.send(
-            {
-                "type": KEY_TYPE,
-                "room_id": room_id,
-                "sender": self.bot,
-                "state_key": self.bot,
-                "content": {"keys": {self._key_id: verify_key_base64(self._key)}},
-            }
-        )
-        logger.info("published key %s in %s", self._key_id, room_id)
-        return ev
 
     async def _attest(self, project: str, dist: index.DistFile, sha256: str, size: int, basis: str) -> None:
         version = self._version_of(dist.filename)
@@ -366,23 +294,26 @@ class Publisher:
         except Exception as e:
             logger.warning("could not post a summary in %s: %s", room.room_id, e)
 
-    async def _restore(self, room: RoomView, filename: str) -> None:
-        mine = room.record(filename, self.bot)
+    async def _restore(self, room: RoomView, event_type: str, name: str) -> None:
+        mine = room.slot_record(event_type, name, self.bot)
         ev = room.event_for(mine.event_id) if mine is not None and mine.valid else None
-        if ev is None:
-            return
+        still = any(r.event_type == event_type and r.publisher == self.bot for r in room.intruders(name))
+        if ev is None or ev.state_key is None or not still:
+            return  # nothing of ours to restore, or ours is the slot's current event again
         try:
             sent = await self._writes.send(
                 {
-                    "type": ATTESTATION_TYPE,
+                    "type": ev.type,
                     "room_id": room.room_id,
                     "sender": self.bot,
-                    "state_key": state_key_for(filename, self.bot),
+                    "state_key": ev.state_key,
                     "content": dict(ev.content),
                 }
             )
         except Exception as e:
-            logger.warning("could not restore our attestation of %s in %s: %s", filename, room.room_id, e)
+            logger.warning("could not restore our %s of %s in %s: %s", event_type, name, room.room_id, e)
             return
-        room.apply(to_room_event(sent))
-        logger.info("restored our attestation of %s in %s after someone overwrote it", filename, room.room_id)
+        rev = to_room_event(sent)
+        room.apply(rev)
+        self._rooms.keep(room, [rev])
+        logger.info("restored our %s of %s in %s after someone overwrote it", event_type, name, room.room_id)

@@ -22,8 +22,8 @@ from synapse_pypi._config import PyPIConfig
 from synapse_pypi._context import SingleFlight
 from synapse_pypi._matrix_writes import MatrixWrites
 from synapse_pypi._peers import PeerRooms, owner_name
-from synapse_pypi.trust import ATTESTATION_TYPE, KEY_TYPE, Claim, Record
-from synapse_pypi.trust._fold import MEMBER, PROJECT_FIELD, RoomEvent, RoomView, Rules, fold
+from synapse_pypi.trust import Claim, Record
+from synapse_pypi.trust._fold import MEMBER, PROJECT_FIELD, RoomEvent, RoomView, Rules, fold, slot_owner
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +102,6 @@ def to_room_event(ev: Any, kept: Optional[str] = None, redacted_by: Tuple[str, .
         redacted_by=redacted_by,
         redacts=redacts if isinstance(redacts, str) else None,
     )
-
-
-def slot_owner(etype: str, state_key: str) -> Optional[str]:
-    """Whose slot a state event is in, for the event types that have slots."""
-    if etype == KEY_TYPE:
-        return state_key
-    if etype == ATTESTATION_TYPE:
-        return state_key.partition("/")[2]
-    return None
 
 
 class Rooms:
@@ -315,6 +306,8 @@ class Rooms:
             state = await self._api.get_room_state(room_id)
         synapse_events = list(state.values())
         for (etype, skey), ev in state.items():
+            # Attestations, policies and keys: an intruder's overwrite never hides the
+            # owner's own last event in its slot (the fold reports the intruder).
             owner = slot_owner(etype, skey)
             if owner is not None and ev.sender != owner:
                 prev = await self._owners_last(room_id, ev, owner)

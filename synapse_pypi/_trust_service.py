@@ -2,8 +2,8 @@
 
 It puts together the package rooms (`_rooms.Rooms`: finding, reading, creating them), the pure
 fold of their state (`trust._fold`) and the serve policy (`trust._policy`), moderation
-(`_moderation.Moderation`: fraud, alarms, conflicts, notices) and publishing our own word
-(`_publisher.Publisher`). The serve path reads views from memory and submits Matrix work to the
+(`_moderation.Moderation`: fraud, alarms, conflicts, notices), publishing our own word
+(`_publisher.Publisher`) and bans (`_ban_service.Bans`). The serve path reads views from memory and submits Matrix work to the
 queue; it never waits for a Matrix write (DESIGN.md §3).
 """
 
@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 
 from synapse_pypi import index
+from synapse_pypi._ban_service import Bans
 from synapse_pypi._config import PyPIConfig
 from synapse_pypi._event_feed import EventFeed
 from synapse_pypi._matrix_queue import MatrixQueue
@@ -23,8 +24,6 @@ from synapse_pypi._publisher import Publisher
 from synapse_pypi._rooms import ProjectTrust, Rooms
 from synapse_pypi._store import Store
 from synapse_pypi.trust import (
-    ATTESTATION_TYPE,
-    KEY_TYPE,
     Decision,
     Outcome,
     Record,
@@ -35,13 +34,8 @@ from synapse_pypi.trust import (
     key_id,
     parse_public_key,
 )
-from synapse_pypi.trust._bans import parse_command, resolve_target
-from synapse_pypi.trust._fold import CREATE, MEMBER, POWER_LEVELS
 
 logger = logging.getLogger(__name__)
-
-_FOLDED = frozenset({ATTESTATION_TYPE, KEY_TYPE, POWER_LEVELS, CREATE, MEMBER})
-
 
 class UpstreamHashes(Protocol):
     async def __call__(self, project: str, filename: str) -> Tuple[Optional[str], bool]:
@@ -110,9 +104,11 @@ class TrustService:
             api, store, queue, self.bot, config.moderators, self._run_background,
             our_room=self._our_room, make_room=self.publisher.make_room, writes=writes,
         )
+        #: Bans: refusals, ours, and moderators' commands.
+        self.bans_service = Bans(config, self.rooms, self.publisher, self.moderation, self.bot, version_of)
         self.feed = EventFeed(
             api, store, self.rooms, self.moderation, self.publisher, self.bot,
-            on_vouch_lost=on_vouch_lost, check_files=self._check_files, command=self._command,
+            on_vouch_lost=on_vouch_lost, check_files=self._check_files, command=self.bans_service.command,
         )
 
     async def start(self) -> None:
@@ -140,6 +136,7 @@ class TrustService:
 
     def _local_loaded(self, room: RoomView) -> None:
         self.publisher.check_key(room)
+        self.publisher.restore_overwritten(room)
 
     # -- views -----------------------------------------------------------------------
 
@@ -192,36 +189,8 @@ class TrustService:
         return decide(claims, upstream_sha256, online, self._config.corroboration)
 
     def handle_decision(self, project: str, pt: Optional[ProjectTrust], filename: str, decision: Decision) -> None:
-        """What a decision finds: fraud flagged, an upstream change alarmed, a conflict
-        summoned, invalid attestations reported. Each once; Matrix work goes to the queue."""
-        if pt is None:
-            return
-        local = pt.local
-        if decision.fraud:
-            source = self._source(decision, pt, filename)
-            for claim in decision.fraud:
-                for room, rec in pt.records(filename):
-                    if room.room_id == claim.room and rec.publisher == claim.publisher and rec.sha256 == claim.sha256:
-                        self.moderation.fraud(project, room, rec, decision, source)
-        if decision.upstream_lost is not None:
-            self.moderation.alarm(project, local, filename, decision, self._source(decision, pt, filename))
-        if decision.outcome is Outcome.CONFLICT:
-            self.moderation.conflict(project, local, filename, decision)
-        for room, rec in pt.reports(filename):
-            if rec.verdict not in (Verdict.VALID, Verdict.REDACTED):
-                self.moderation.report(project, room, rec)
-
-    def _source(self, decision: Decision, pt: ProjectTrust, filename: str) -> str:
-        """Who made the winning hash win, for notices."""
-        winners = [c for c in pt.claims(filename) if c.sha256 == decision.sha256]
-        pinned = sorted({c.publisher for c in winners if c.pinned})
-        if pinned:
-            return f"the pinned maintainer {', '.join(pinned)}"
-        if any(c.own for c in winners):
-            return "what this mirror verified against the upstream"
-        if not winners:
-            return "the upstream index's hash"
-        return f"{len({c.server for c in winners})} independent publishers and the upstream"
+        """What a decision finds (`Moderation.handle`)."""
+        self.moderation.handle(project, pt, filename, decision)
 
     async def make_room(self, project: str) -> Dict[str, Any]:
         """Our room for a project, made now if it is missing (the admin API: a maintainer may
@@ -259,49 +228,22 @@ class TrustService:
         pythons = {a.requires_python for a in agreeing}
         return (sizes.pop() if len(sizes) == 1 else None), (pythons.pop() if len(pythons) == 1 else None)
 
-    # -- bans (policies) ---------------------------------------------------------------
+    # -- bans (policies): `_ban_service.Bans` ------------------------------------------
 
     def refusal(self, pt: Optional[ProjectTrust], project: str, filename: Optional[str]) -> Optional[str]:
-        """Why a file (or, with no file name, the project) must not be served or listed: the
-        first valid ban covering it, as one line; None when nothing bans it."""
-        if pt is None:
-            return None
-        base = filename[: -len(".metadata")] if filename and filename.endswith(".metadata") else filename
-        rec = pt.ban_for(base, version_of(base) if base else None)
-        if rec is None or rec.policy is None:
-            return None
-        policy = rec.policy
-        what = project if policy.kind == "project" else f"{policy.kind} {policy.entity} of {project}"
-        return f"{what} is banned: {policy.reason} (by {policy.publisher}, source: {policy.source})"
+        return self.bans_service.refusal(pt, project, filename)
 
     def ban(self, project: str, kind: str, entity: str, reason: str, source: str, reply: Any = None) -> None:
-        """Publish our signed ban (through the Matrix queue)."""
-        self.publisher.publish_policy(project, kind, entity, "ban", reason, source, reply)
+        self.bans_service.ban(project, kind, entity, reason, source, reply)
 
     def unban(self, project: str, kind: str, entity: str, reason: str, source: str, reply: Any = None) -> None:
-        """Lift our own ban of an entity (others' bans stay theirs)."""
-        self.publisher.publish_policy(project, kind, entity, "unban", reason, source, reply)
+        self.bans_service.unban(project, kind, entity, reason, source, reply)
 
     def our_bans(self, project: str) -> List[Record]:
-        """Our bot's valid bans in our own room for the project."""
-        pt = self.rooms.projects.get(project)
-        if pt is None or pt.local is None:
-            return []
-        return [r for r in pt.local.policies() if r.valid and r.publisher == self.bot and r.policy is not None
-                and r.policy.recommendation == "ban"]
+        return self.bans_service.ours(project)
 
     def bans(self, pt: Optional[ProjectTrust]) -> List[Dict[str, Any]]:
-        """Every valid ban of a project, for the admin API."""
-        if pt is None:
-            return []
-        out = []
-        for room, rec in pt.bans():
-            assert rec.policy is not None
-            p = rec.policy
-            out.append({"kind": p.kind, "entity": p.entity, "reason": p.reason, "source": p.source,
-                        "publisher": p.publisher, "room_id": room.room_id, "event_id": rec.event_id,
-                        "timestamp": p.timestamp})
-        return out
+        return self.bans_service.listing(pt)
 
     def cid_hints(self, pt: Optional[ProjectTrust], filename: str, sha256: str) -> List[str]:
         """CIDs that valid attestations of exactly these bytes carry: hints, not trust (the
@@ -317,39 +259,6 @@ class TrustService:
     async def on_new_event(self, event: Any, state: Mapping[Tuple[str, str], Any]) -> None:
         """Synapse's `on_new_event` callback: see `_event_feed.EventFeed`."""
         await self.feed.on_new_event(event, state)
-
-    def _command(self, project: str, room: RoomView, event: Any) -> None:
-        """A `!pypi ban|unban` message in one of our rooms: a moderator's is carried out by
-        the bot (which signs the policy), anyone else's is refused; both are answered."""
-        parsed = parse_command(dict(event.content).get("body"))
-        if parsed is None:
-            return
-        if isinstance(parsed, str):
-            self.moderation.reply(project, room, event.event_id, parsed)
-            return
-        needed = self._config.moderator_power_level
-        if room.level(event.sender) < needed:
-            self.moderation.reply(
-                project, room, event.event_id,
-                f"{event.sender}: only moderators (power level {needed} in this room) may ban or unban here.",
-            )
-            logger.info("%s, not a moderator, asked to %s %s in %s", event.sender, parsed.action, parsed.target, room.room_id)
-            return
-        target = resolve_target(project, parsed.target)
-        if isinstance(target, str):
-            self.moderation.reply(project, room, event.event_id, target)
-            return
-        kind, entity = target
-        reason = f"{parsed.reason or 'lifted'} (asked by {event.sender})"
-
-        async def reply(text: str) -> None:
-            await self.moderation.send_notice(room, text, reply_to=event.event_id)
-
-        logger.info("%s asked to %s %s %s of %s: %s", event.sender, parsed.action, kind, entity, project, reason)
-        if parsed.action == "ban":
-            self.ban(project, kind, entity, reason, "moderator", reply)
-        else:
-            self.unban(project, kind, entity, reason, "moderator", reply)
 
     async def _check_files(self, project: str, files: List[str]) -> None:
         """New valid attestations, held against what the cached page says the upstream

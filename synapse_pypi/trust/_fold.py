@@ -67,6 +67,7 @@ __all__ = [
     "RoomView",
     "Rules",
     "fold",
+    "slot_owner",
 ]
 
 CREATE = "m.room.create"
@@ -190,6 +191,7 @@ class Record:
             for notices only), None when it could not be read.
         claimed: the sha256 it claims, for notices, also when malformed (bounded).
         policy: for a policy event, what it says (VALID: it counts).
+        event_type: the slot's event type (`ATTESTATION_TYPE` or `POLICY_TYPE`).
     """
 
     filename: str
@@ -201,6 +203,7 @@ class Record:
     attestation: Attestation | None = None
     claimed: str | None = None
     policy: Policy | None = None
+    event_type: str = ATTESTATION_TYPE
 
     @property
     def valid(self) -> bool:
@@ -288,40 +291,28 @@ class Powers:
 _Slot = tuple[str, str, str]  # (event type, filename or "<kind>:<entity>", owner)
 
 
-class RoomView:
-    """What one room says, kept current one event at a time.
+class RoomAuthority:
+    """Who counts for what in one room: its creators, power levels, members, and the keys its
+    users published there; so, whose redaction counts and which keys are trusted for whom.
+
+    `RoomView` keeps one, feeds it the create, power-levels, member and key events, and asks
+    it while judging records; when what it says changes, the view judges again.
 
     Args:
-        room_id: the room.
-        rules: how it is judged.
+        rules: how the room is judged (pinned keys, maintainers, the key level by default).
     """
 
-    def __init__(self, room_id: str, rules: Rules) -> None:
-        self.room_id = room_id
+    def __init__(self, rules: Rules) -> None:
         self.rules = rules
-        #: The alias the room was found under (for messages), set by the reader.
-        self.alias = ""
         self.creator: str | None = None
         self.creators: frozenset[str] = frozenset()
         self.project_tag: str | None = None
         self.key_level: int = rules.key_power_level
         self.members: dict[str, str] = {}
         self.powers = Powers()
-        # The owner's own last event per slot, and the latest intruder's where it is current.
-        self._owned: dict[_Slot, RoomEvent] = {}
-        self._intruders: dict[_Slot, RoomEvent] = {}
-        self._key_events: dict[str, RoomEvent] = {}
-        self._records: dict[_Slot, Record] = {}
-        self._intruder_records: dict[_Slot, Record] = {}
-        self._by_owner: dict[str, set[_Slot]] = {}
-        # event id -> ("slot" | "intruder" | "key", slot or owner): what a redaction may hit.
-        self._events: dict[str, tuple[str, Any]] = {}
-        self._signed: dict[str, tuple[RoomEvent, SignedAttestation | SignedPolicy | tuple[Verdict, str]]] = {}
+        #: The owners' own key events, by owner.
+        self.key_events: dict[str, RoomEvent] = {}
         self._keys: dict[str, Mapping[str, VerifyKey]] = {}
-        #: Bumped whenever a verdict may have changed.
-        self.generation = 0
-
-    # -- reading ---------------------------------------------------------------------
 
     def level(self, user: str) -> float:
         """A user's power in the room (room v12: creators have unlimited power)."""
@@ -337,12 +328,117 @@ class RoomView:
         """Whether a redaction sent by `user` of an event sent by `event_sender` counts."""
         return user == event_sender or self.level(user) >= self.redact_level
 
+    def removed_by(self, ev: RoomEvent) -> str | None:
+        """Who took `ev` out, if a redaction counts: the first sender with the right."""
+        if not ev.redacted:
+            return None
+        if not ev.redacted_by:
+            return "someone"  # Synapse shows it redacted but the reader could not tell by whom
+        for who in ev.redacted_by:
+            if self.may_redact(who, ev.sender):
+                return who
+        return None
+
     def keys_for(self, user: str) -> Mapping[str, VerifyKey]:
         """The keys trusted for `user` in this room, by key id."""
         keys = self._keys.get(user)
         if keys is None:
             keys = self._keys[user] = self._compute_keys(user)
         return keys
+
+    def forget_keys(self, users: Iterable[str] | None = None) -> None:
+        """Work out the keys of these users (of everyone: None) again when next asked."""
+        if users is None:
+            self._keys.clear()
+        for user in users or ():
+            self._keys.pop(user, None)
+
+    def set_create(self, event: RoomEvent) -> None:
+        self.creator = event.sender
+        extra = event.content.get("additional_creators")
+        creators = {event.sender}
+        if isinstance(extra, (list, tuple)):
+            creators.update(c for c in extra if isinstance(c, str))
+        self.creators = frozenset(creators)
+        tag = event.content.get(PROJECT_FIELD)
+        self.project_tag = tag if isinstance(tag, str) else None
+        level = event.content.get(KEY_LEVEL_FIELD)
+        self.key_level = level if isinstance(level, int) and not isinstance(level, bool) else self.rules.key_power_level
+
+    def set_powers(self, content: Mapping[str, Any]) -> set[str] | None:
+        """New power levels: the users whose level changed, or None when everyone's may have."""
+        new, old = Powers.parse(content), self.powers
+        self.powers = new
+        if new.users_default != old.users_default or new.redact != old.redact:
+            return None
+        return new.changed_users(old)
+
+    def set_member(self, event: RoomEvent) -> None:
+        assert event.state_key is not None
+        membership = event.content.get("membership")
+        self.members[event.state_key] = membership if isinstance(membership, str) else ""
+
+    def _compute_keys(self, user: str) -> Mapping[str, VerifyKey]:
+        rules = self.rules
+        if user in rules.maintainers:
+            # A maintainer of this project is known by the pinned keys alone.
+            return rules.maintainers[user]
+        keys = dict(rules.pinned.get(user, {}))
+        ev = self.key_events.get(user)
+        if (
+            rules.local
+            and ev is not None
+            and self.removed_by(ev) is None
+            and not (ev.redacted and not ev.content)
+            and self.level(user) >= self.key_level
+        ):
+            for parsed_id, verify_key in published_keys(ev.content).items():
+                keys.setdefault(parsed_id, verify_key)
+        return keys
+
+
+class RoomView:
+    """What one room says, kept current one event at a time.
+
+    Args:
+        room_id: the room.
+        rules: how it is judged.
+    """
+
+    def __init__(self, room_id: str, rules: Rules) -> None:
+        self.room_id = room_id
+        self.rules = rules
+        #: The alias the room was found under (for messages), set by the reader.
+        self.alias = ""
+        #: Creators, power levels, members, published keys.
+        self.authority = RoomAuthority(rules)
+        # The owner's own last event per slot, and the latest intruder's where it is current.
+        self._owned: dict[_Slot, RoomEvent] = {}
+        self._intruders: dict[_Slot, RoomEvent] = {}
+        self._records: dict[_Slot, Record] = {}
+        self._intruder_records: dict[_Slot, Record] = {}
+        self._by_owner: dict[str, set[_Slot]] = {}
+        # event id -> ("slot" | "intruder" | "key", slot or owner): what a redaction may hit.
+        self._events: dict[str, tuple[str, Any]] = {}
+        self._signed: dict[str, tuple[RoomEvent, SignedAttestation | SignedPolicy | tuple[Verdict, str]]] = {}
+        #: Bumped whenever a verdict may have changed.
+        self.generation = 0
+
+    # -- reading ---------------------------------------------------------------------
+
+    def level(self, user: str) -> float:
+        """A user's power in the room (`RoomAuthority.level`)."""
+        return self.authority.level(user)
+
+    @property
+    def redact_level(self) -> int:
+        return self.authority.redact_level
+
+    def may_redact(self, user: str, event_sender: str) -> bool:
+        return self.authority.may_redact(user, event_sender)
+
+    def keys_for(self, user: str) -> Mapping[str, VerifyKey]:
+        return self.authority.keys_for(user)
 
     def records(self, filename: str | None = None) -> list[Record]:
         """The owners' attestation records (of one file, or all), sorted."""
@@ -358,6 +454,11 @@ class RoomView:
     def record(self, filename: str, publisher: str) -> Record | None:
         return self._records.get((ATTESTATION_TYPE, filename, publisher))
 
+    def slot_record(self, event_type: str, name: str, owner: str) -> Record | None:
+        """The owner's own record in a slot: of a file (attestations) or of
+        ``"<kind>:<entity>"`` (policies), as `Record.filename` names it."""
+        return self._records.get((event_type, name, owner))
+
     def filenames(self) -> list[str]:
         return sorted({f for t, f, _ in self._records if t == ATTESTATION_TYPE})
 
@@ -371,24 +472,15 @@ class RoomView:
         out = []
         for r in self.records(filename):
             if r.valid and r.attestation is not None:
-                own = (
-                    r.publisher == self.rules.own
-                    and r.attestation.verified_against in (None, "upstream")
-                )
-                out.append(
-                    Claim(
-                        r.publisher,
-                        r.attestation.sha256,
-                        pinned=r.publisher in self.rules.maintainers,
-                        own=own,
-                        room=self.room_id,
-                    )
-                )
+                # Our own word counts as our own only where we checked it against the upstream.
+                own = r.publisher == self.rules.own and r.attestation.verified_against in (None, "upstream")
+                pinned = r.publisher in self.rules.maintainers
+                out.append(Claim(r.publisher, r.attestation.sha256, pinned=pinned, own=own, room=self.room_id))
         return out
 
     def key_events(self) -> list[RoomEvent]:
         """The owners' key events the view holds."""
-        return list(self._key_events.values())
+        return list(self.authority.key_events.values())
 
     def event_for(self, event_id: str) -> RoomEvent | None:
         """The attestation or key event with this id, as the view holds it."""
@@ -397,7 +489,7 @@ class RoomView:
             return None
         kind, key = where
         if kind == "key":
-            return self._key_events.get(key)
+            return self.authority.key_events.get(key)
         return (self._owned if kind == "slot" else self._intruders).get(key)
 
     # -- changing --------------------------------------------------------------------
@@ -414,29 +506,20 @@ class RoomView:
         if etype == KEY_TYPE:
             if event.state_key != event.sender:
                 return Changes()  # a key counts in its owner's own slot only
-            old = self._key_events.get(event.sender)
+            old = self.authority.key_events.get(event.sender)
             if old is not None:
                 self._events.pop(old.event_id, None)
-            self._key_events[event.sender] = event
+            self.authority.key_events[event.sender] = event
             self._events[event.event_id] = ("key", event.sender)
             return self._rejudge_users({event.sender})
         if etype == POWER_LEVELS and event.state_key == "":
-            return self._power(event.content)
+            changed = self.authority.set_powers(event.content)
+            return self._rejudge_all() if changed is None else self._rejudge_users(changed)
         if etype == CREATE and event.state_key == "":
-            self.creator = event.sender
-            extra = event.content.get("additional_creators")
-            creators = {event.sender}
-            if isinstance(extra, (list, tuple)):
-                creators.update(c for c in extra if isinstance(c, str))
-            self.creators = frozenset(creators)
-            tag = event.content.get(PROJECT_FIELD)
-            self.project_tag = tag if isinstance(tag, str) else None
-            level = event.content.get(KEY_LEVEL_FIELD)
-            self.key_level = level if isinstance(level, int) and not isinstance(level, bool) else self.rules.key_power_level
+            self.authority.set_create(event)
             return self._rejudge_all()
         if etype == MEMBER:
-            membership = event.content.get("membership")
-            self.members[event.state_key] = membership if isinstance(membership, str) else ""
+            self.authority.set_member(event)
         return Changes()
 
     def apply_all(self, events: Iterable[RoomEvent]) -> Changes:
@@ -456,24 +539,10 @@ class RoomView:
 
     # -- internals -------------------------------------------------------------------
 
-    def _power(self, content: Mapping[str, Any]) -> Changes:
-        new, old = Powers.parse(content), self.powers
-        self.powers = new
-        if new.users_default != old.users_default or new.redact != old.redact:
-            return self._rejudge_all()
-        return self._rejudge_users(new.changed_users(old))
-
     def _slot_event(self, event: RoomEvent) -> Changes:
         assert event.state_key is not None
-        try:
-            if event.type == POLICY_TYPE:
-                kind, entity, owner = split_policy_key(event.state_key)
-                name = f"{kind}:{entity}"
-            else:
-                name, owner = split_state_key(event.state_key)
-        except MalformedAttestation:
-            name, owner = event.state_key, ""
-        slot = (event.type, name, owner)
+        slot = _slot_of(event.type, event.state_key)
+        owner = slot[2]
         if event.sender == owner:
             for old in (self._owned.get(slot), self._intruders.pop(slot, None)):
                 if old is not None:
@@ -503,7 +572,7 @@ class RoomView:
         if where is None:
             return Changes()
         kind, key = where
-        store = self._key_events if kind == "key" else (self._owned if kind == "slot" else self._intruders)
+        store = self.authority.key_events if kind == "key" else (self._owned if kind == "slot" else self._intruders)
         target = store[key]
         if event.sender in target.redacted_by and target.redacted:
             return Changes()
@@ -519,7 +588,7 @@ class RoomView:
         return Changes((before,), (after,))
 
     def _rejudge_all(self) -> Changes:
-        self._keys.clear()
+        self.authority.forget_keys()
         changes = self._rejudge_slots(set(self._owned))
         for slot, ev in self._intruders.items():
             self._intruder_records[slot] = self._judge_intruder(slot, ev)
@@ -530,13 +599,12 @@ class RoomView:
         events they redacted are judged again."""
         if not users:
             return Changes()
-        for user in users:
-            self._keys.pop(user, None)
+        self.authority.forget_keys(users)
         slots = {slot for user in users for slot in self._by_owner.get(user, ())}
         slots.update(slot for slot, ev in self._owned.items() if ev.redacted and users.intersection(ev.redacted_by))
-        for owner, ev in self._key_events.items():
+        for owner, ev in self.authority.key_events.items():
             if ev.redacted and users.intersection(ev.redacted_by):
-                self._keys.pop(owner, None)
+                self.authority.forget_keys([owner])
                 slots.update(self._by_owner.get(owner, ()))
         before: list[Record | None] = []
         after: list[Record | None] = []
@@ -566,21 +634,14 @@ class RoomView:
         self.generation += 1
         return Changes(tuple(before), tuple(after))
 
-    def _removed_by(self, ev: RoomEvent) -> str | None:
-        """Who took `ev` out, if a redaction counts: the first sender with the right."""
-        if not ev.redacted:
-            return None
-        if not ev.redacted_by:
-            return "someone"  # Synapse shows it redacted but the reader could not tell by whom
-        for who in ev.redacted_by:
-            if self.may_redact(who, ev.sender):
-                return who
-        return None
-
     def _judge(self, slot: _Slot, ev: RoomEvent) -> Record:
-        etype, filename, owner = slot
+        rec = self._judge_owned(slot, ev)
+        return rec if slot[0] == ATTESTATION_TYPE else attrs.evolve(rec, event_type=slot[0])
+
+    def _judge_owned(self, slot: _Slot, ev: RoomEvent) -> Record:
+        _, filename, owner = slot
         claimed = _claimed(ev.content)
-        by = self._removed_by(ev)
+        by = self.authority.removed_by(ev)
         if by is not None:
             return Record(filename, owner, ev.event_id, ev.sender, Verdict.REDACTED, f"redacted by {by}", None, claimed)
         ignored = ""
@@ -615,15 +676,16 @@ class RoomView:
         return Record(filename, owner, ev.event_id, ev.sender, verdict, reason + ignored, checked, checked.sha256)
 
     def _judge_intruder(self, slot: _Slot, ev: RoomEvent) -> Record:
-        _, filename, owner = slot
+        etype, filename, owner = slot
         claimed = _claimed(ev.content)
-        by = self._removed_by(ev)
+        by = self.authority.removed_by(ev)
         if by is not None:
-            return Record(filename, owner, ev.event_id, ev.sender, Verdict.REDACTED, f"redacted by {by}", None, claimed)
+            return Record(filename, owner, ev.event_id, ev.sender, Verdict.REDACTED, f"redacted by {by}", None, claimed,
+                          event_type=etype)
         read = self._read(ev)
         reason = read[1] if isinstance(read, tuple) else f"{ev.sender} wrote into the slot of {owner}"
         return Record(filename, owner, ev.event_id, ev.sender, Verdict.IMPERSONATION if owner else Verdict.MALFORMED,
-                      reason, None, claimed)
+                      reason, None, claimed, event_type=etype)
 
     def _read(self, ev: RoomEvent) -> SignedAttestation | SignedPolicy | tuple[Verdict, str]:
         held = self._signed.get(ev.event_id)
@@ -638,24 +700,6 @@ class RoomView:
         self._signed[ev.event_id] = (ev, got)
         return got
 
-    def _compute_keys(self, user: str) -> Mapping[str, VerifyKey]:
-        rules = self.rules
-        if user in rules.maintainers:
-            # A maintainer of this project is known by the pinned keys alone.
-            return rules.maintainers[user]
-        keys = dict(rules.pinned.get(user, {}))
-        ev = self._key_events.get(user)
-        if (
-            rules.local
-            and ev is not None
-            and self._removed_by(ev) is None
-            and not (ev.redacted and not ev.content)
-            and self.level(user) >= self.key_level
-        ):
-            for parsed_id, verify_key in published_keys(ev.content).items():
-                keys.setdefault(parsed_id, verify_key)
-        return keys
-
 
 def fold(room_id: str, rules: Rules, events: Iterable[RoomEvent]) -> RoomView:
     """A view of a room from its state (and its owners' replaced events), read at once.
@@ -665,12 +709,46 @@ def fold(room_id: str, rules: Rules, events: Iterable[RoomEvent]) -> RoomView:
     order = {CREATE: 0, POWER_LEVELS: 1, MEMBER: 2, KEY_TYPE: 3}
 
     def key(e: RoomEvent) -> tuple[int, int]:
-        owner = e.state_key if e.type == KEY_TYPE else (e.state_key or "").partition("/")[2]
+        if e.type == KEY_TYPE or not isinstance(e.state_key, str):
+            owner = e.state_key
+        else:
+            owner = _slot_of(e.type, e.state_key)[2]
         return order.get(e.type, 4), 0 if e.sender == owner else 1
 
     view = RoomView(room_id, rules)
     view.apply_all(sorted(events, key=key))
     return view
+
+
+def slot_owner(event_type: str, state_key: Any) -> str | None:
+    """Whose slot a state event is in, for the event types with one slot per owner
+    (attestations, policies, keys); None for other events and for malformed state keys.
+
+    Every reader of a room's state (the module's `_rooms`, `synapse-pypi verify`) calls this
+    to know which slots to walk back (``replaces_state``) when someone other than the owner
+    wrote last: the owner's own last event there is what counts, the intruder's is reported.
+    """
+    if not isinstance(state_key, str):
+        return None
+    if event_type == KEY_TYPE:
+        return state_key
+    if event_type in (ATTESTATION_TYPE, POLICY_TYPE):
+        owner = _slot_of(event_type, state_key)[2]
+        return owner or None
+    return None
+
+
+def _slot_of(event_type: str, state_key: str) -> _Slot:
+    """(type, file name or ``"<kind>:<entity>"``, owner) of an attestation or a policy; a
+    malformed state key is a slot of no owner ("")."""
+    try:
+        if event_type == POLICY_TYPE:
+            kind, entity, owner = split_policy_key(state_key)
+            return event_type, f"{kind}:{entity}", owner
+        name, owner = split_state_key(state_key)
+        return event_type, name, owner
+    except MalformedAttestation:
+        return event_type, state_key, ""
 
 
 def published_keys(content: Mapping[str, Any]) -> dict[str, VerifyKey]:

@@ -5,14 +5,18 @@ against a real Synapse, a real upstream and users acting through the client-serv
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
 
 import attrs
 import pytest
-from harness.dists import build_sdist, build_wheel, project_dir
+from harness.clients import slow_reader
+from harness.dists import build_sdist, build_wheel, project_dir, sha256_file, yank
 from harness.matrix import Client, join_when_ready, poll
 from harness.synapse import SynapseServer, free_port
 from harness.upstream import UpstreamServer, http_request
@@ -221,3 +225,119 @@ def test_the_upstream_quarantining_a_project_bans_it_for_peers_to_see(bn):
         (bn.root / "upstream-quarantined" / ".status").unlink()
     poll(lambda: bn.listed("upstream-quarantined") == [wheel.name] and bn.bans("upstream-quarantined") == [],
          what="lifted when the upstream lifts it")
+
+
+def test_a_file_yanked_upstream_after_the_mirror_holds_it_stays_served_with_its_flag(bn):
+    """PEP 592: a yank is not a removal. The mirror keeps serving the file it holds and lists
+    it with the yank and its reason; nothing is banned."""
+    kept, yanked = bn.serve("yanked-later", "1.0", "2.0")
+    yank(yanked, "broken build")
+    page = json.loads(http_request(f"{bn.hs.url}/simple/yanked-later/", headers=JSON, timeout=60)[2])
+    flags = {f["filename"]: f["yanked"] for f in page["files"]}
+    assert flags == {kept.name: False, yanked.name: "broken build"}
+    status, _, body = bn.get("yanked-later", yanked.name)
+    assert status == 200 and body == yanked.read_bytes()
+    assert bn.bans("yanked-later") == []
+
+
+def test_a_project_quarantined_before_the_first_fetch_is_banned_for_peers_to_see(bn):
+    """The upstream quarantined the project before this mirror ever asked for it: its page
+    says so at the first fetch, and the ban is published all the same (not only on a change),
+    so that peers that hold its files stop serving them."""
+    build_wheel(project_dir(bn.root, "born-quarantined"), "born-quarantined", "1.0")
+    (bn.root / "born-quarantined" / ".status").write_text("quarantined\nmalware at upload")
+    page = json.loads(http_request(f"{bn.hs.url}/simple/born-quarantined/", headers=JSON, timeout=60)[2])
+    assert page["files"] == [] and page["project-status"]["status"] == "quarantined"
+    ban = poll(lambda: bn.bans("born-quarantined"), what="the upstream's quarantine published")[0]
+    assert (ban["kind"], ban["entity"], ban["source"]) == ("project", "born-quarantined", "upstream")
+    assert "malware at upload" in ban["reason"]
+
+
+def _verify(hs: SynapseServer, token: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`synapse-pypi verify` as a user runs it (the installed package, none of our settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_PYPI_") and k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-m", "synapse_pypi.cli", "verify", "--homeserver", hs.url, "--token", token,
+         "-r", "requirements.txt"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=180,
+    )
+
+
+def test_an_overwrite_of_the_bots_ban_slot_lifts_nothing_on_any_read_and_is_restored(tmp_path):
+    """A publisher (with the power to send policy events) writes an unban into the bot's ban
+    slot. The live view keeps the ban; so does every fresh read of the room's state while the
+    overwrite is its current state: a re-verify, `synapse-pypi verify`, and the mirror after a
+    restart (each walks the slot back to the bot's own event). The bot then writes its ban
+    back, after the restart and live."""
+    root = tmp_path / "dists"
+    root.mkdir()
+    upstream = UpstreamServer(root, tmp_path / "upstream").start()
+    port = free_port()
+    server = f"localhost:{port}"
+    hs = SynapseServer(
+        tmp_path / "hs", port=port,
+        module_config={
+            "upstream_url": upstream.url, "page_ttl": 0, "upstream_retry_interval": 0,
+            "publishers": [f"@pub:{server}"],
+            # While a download is in flight, the Matrix queue's ordinary jobs (the bot's
+            # restore among them) wait for a quiet moment, up to this long: the test holds
+            # one open so that the overwrite stays the slot's state while it reads the room.
+            "matrix_max_delay": "10m",
+        },
+    )
+    try:
+        hs.start()
+        admin, pub = Client.register(hs, "admin", admin=True), Client.register(hs, "pub")
+        bot = f"@pypi-bot:{server}"
+        wheel = build_wheel(project_dir(root, "overwritten-ban"), "overwritten-ban", "1.0")
+        big = build_wheel(project_dir(root, "held-open"), "held-open", "1.0", payload_size=20_000_000)
+        for project, path in (("overwritten-ban", wheel), ("held-open", big)):
+            status, _, body = http_request(f"{hs.url}/simple/{project}/{path.name}", timeout=120)
+            assert status == 200 and body == path.read_bytes()
+        # The admin API answers once the queue has published the ban.
+        admin.call("POST", "/_synapse/pypi/v1/projects/overwritten-ban/bans", {"target": wheel.name, "reason": "malware"})
+        room = join_when_ready(admin, f"#pypi-overwritten-ban:{server}")
+        pub.join(room)
+        slot = policy_state_key("file", wheel.name, bot)
+        assert admin.state_event(room, POLICY_TYPE, slot)["publisher"] == bot
+        (tmp_path / "requirements.txt").write_text(f"overwritten-ban==1.0 --hash=sha256:{sha256_file(wheel)}\n")
+        file_url = f"{hs.url}/simple/overwritten-ban/{wheel.name}"
+
+        def refused() -> bool:
+            status, _, body = http_request(file_url, timeout=60)
+            return status == 404 and b"malware" in body
+
+        key = generate_key()
+        lift = build_policy(project="overwritten-ban", kind="file", entity=wheel.name, recommendation="unban",
+                            reason="mine now", source="moderator", timestamp=1, publisher=pub.user_id,
+                            signing_key=key)
+        reader = slow_reader(f"{hs.url}/simple/held-open/{big.name}")
+        try:
+            pub.send_state(room, POLICY_TYPE, slot, lift)
+            poll(lambda: [f for f in admin.call("GET", "/_synapse/pypi/v1/projects/overwritten-ban/flagged")["flagged"]
+                          if f["kind"] == "impersonation"], what="the overwrite reported")
+            # The restore waits in the queue: the overwrite is the slot's state.
+            assert admin.state_event(room, POLICY_TYPE, slot)["publisher"] == pub.user_id
+            assert refused()  # the live view
+            admin.call("POST", "/_synapse/pypi/v1/projects/overwritten-ban/reverify", {})
+            assert refused()  # a fresh read of the room
+            result = _verify(hs, admin.token, tmp_path)
+            banned = [line for line in result.stdout.splitlines() if line.startswith("banned")]
+            assert result.returncode == 1 and len(banned) == 1 and "malware" in banned[0], result.stdout + result.stderr
+            assert admin.state_event(room, POLICY_TYPE, slot)["publisher"] == pub.user_id
+        finally:
+            # Stopped with the download still held: the queued restore never ran.
+            hs.stop()
+            reader.close()
+        hs.start()
+        assert refused()  # the first read after the restart
+        # (The bot also redacts the overwrite: the slot may show it emptied first.)
+        poll(lambda: admin.state_event(room, POLICY_TYPE, slot).get("publisher") == bot, what="the bot's ban restored")
+        assert admin.state_event(room, POLICY_TYPE, slot)["recommendation"] == "ban"
+        # Overwritten again while the server runs: restored again, and never lifted meanwhile.
+        pub.send_state(room, POLICY_TYPE, slot, lift)
+        poll(lambda: admin.state_event(room, POLICY_TYPE, slot).get("publisher") == bot, what="restored live")
+        assert refused()
+    finally:
+        hs.dispose()
+        upstream.stop()

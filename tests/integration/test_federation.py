@@ -5,6 +5,7 @@ lying publisher is caught by both, redactions travel."""
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -23,11 +24,13 @@ from synapse_pypi.trust import (
     KEY_TYPE,
     build_content,
     generate_key,
+    key_id,
     load_or_create_key,
     public_key_string,
     state_key_for,
     verify_key_base64,
 )
+from synapse_pypi.trust._bans import POLICY_TYPE, build_policy, policy_state_key
 
 pytestmark = pytest.mark.synapse
 
@@ -361,6 +364,110 @@ def test_a_ban_on_a_stops_b_also_offline_with_the_file_in_its_cache(fed):
         assert [(b["entity"], b["publisher"]) for b in bans] == [(path.name, fed.bot(fed.a))]
     finally:
         fed.upstream.start()
+
+
+def test_an_untrusted_users_policy_changes_nothing_on_a_or_b(fed):
+    """Issue 14: a publisher of A's (with the power to send policy events) bans a project with
+    a key nobody trusts: neither A nor B, which reads A's room, stops serving it. Once that key
+    is published in A's room at the key level, A counts it (keys published in its own rooms
+    do); B still does not: in a peer's room it trusts only the keys pinned in its config."""
+    from harness.dists import build_wheel, project_dir
+
+    path = build_wheel(project_dir(fed.root, "untrusted-far"), "untrusted-far", "1.0")
+    for hs in (fed.a, fed.b):
+        status, _, body = http_request(f"{hs.url}/simple/untrusted-far/{path.name}", timeout=60)
+        assert status == 200 and body == path.read_bytes()
+    room = fed.a_room("untrusted-far")
+    poll(lambda: fed.status(fed.b, fed.admin_b, "untrusted-far", path.name)["peer_rooms"], what="B reads A's room")
+    key = generate_key()
+    slot = policy_state_key("project", "untrusted-far", fed.liar.user_id)
+
+    def ban() -> str:
+        content = build_policy(project="untrusted-far", kind="project", entity="untrusted-far", recommendation="ban",
+                               reason="I say so", source="moderator", timestamp=int(time.time() * 1000),
+                               publisher=fed.liar.user_id, signing_key=key)
+        return fed.liar.send_state(room, POLICY_TYPE, slot, content)
+
+    def flagged(admin: Client, event_id: str) -> list:
+        return [f for f in admin.call("GET", "/_synapse/pypi/v1/projects/untrusted-far/flagged")["flagged"]
+                if f["event_id"] == event_id and f["kind"] == "unknown_key"]
+
+    def served(hs: SynapseServer) -> int:
+        return http_request(f"{hs.url}/simple/untrusted-far/{path.name}", timeout=60)[0]
+
+    first = ban()
+    for hs, admin in ((fed.a, fed.admin_a), (fed.b, fed.admin_b)):
+        poll(lambda admin=admin: flagged(admin, first), what=f"{hs.server_name} reports the untrusted ban")
+        assert admin.call("GET", "/_synapse/pypi/v1/projects/untrusted-far/bans")["bans"] == []
+        assert served(hs) == 200
+    fed.liar.send_state(room, KEY_TYPE, fed.liar.user_id, {"keys": {key_id(key): verify_key_base64(key)}})
+    # Sent again after the key: B has the key event by the time it reports this one.
+    second = ban()
+    poll(lambda: served(fed.a) == 404, what="A counts the key published in its room")
+    poll(lambda: flagged(fed.admin_b, second), what="B reports the ban again")
+    assert fed.admin_b.call("GET", "/_synapse/pypi/v1/projects/untrusted-far/bans")["bans"] == []
+    assert served(fed.b) == 200
+
+
+def test_b_reading_a_room_for_the_first_time_keeps_a_ban_whose_slot_was_overwritten(tmp_path):
+    """A publisher of A's writes an unban into A's bot's ban slot. B, which has never read A's
+    room, reads it while the overwrite is its current state (A's restore is held back): B
+    walks the slot back to A's bot's ban, as A itself does, and refuses the file."""
+    from harness.clients import slow_reader
+    from harness.dists import build_wheel, project_dir
+
+    root = tmp_path / "dists"
+    root.mkdir()
+    upstream = UpstreamServer(root, tmp_path / "upstream").start()
+    fa, fb = free_port(), free_port()
+    name_a, name_b = f"localhost:{fa}", f"localhost:{fb}"
+    key_a_path = tmp_path / "key-a" / "attestation_signing.key"
+    key_a = load_or_create_key(str(key_a_path))
+    a = SynapseServer(tmp_path / "hs-a", federation_port=fa, federation_names=[name_b], module_config={
+        "upstream_url": upstream.url, "page_ttl": 0, "upstream_retry_interval": 0,
+        "signing_key_path": str(key_a_path), "publishers": [f"@pub:{name_a}"],
+        # While a download is in flight on A, its Matrix queue's ordinary jobs (the bot's
+        # restore among them) wait up to this long: the overwrite stays the slot's state.
+        "matrix_max_delay": "10m",
+    })
+    b = SynapseServer(tmp_path / "hs-b", federation_port=fb, federation_names=[name_a], module_config={
+        "upstream_url": upstream.url, "page_ttl": 0, "upstream_retry_interval": 0, "peers": [name_a],
+        "trusted_keys": {f"@pypi-bot:{name_a}": [public_key_string(key_a)]},
+    })
+    try:
+        a.start()
+        b.start()
+        admin, pub = Client.register(a, "admin", admin=True), Client.register(a, "pub")
+        admin_b = Client.register(b, "admin", admin=True)
+        bot = f"@pypi-bot:{name_a}"
+        wheel = build_wheel(project_dir(root, "far-ban"), "far-ban", "1.0")
+        big = build_wheel(project_dir(root, "held-open"), "held-open", "1.0", payload_size=20_000_000)
+        for project, path in (("far-ban", wheel), ("held-open", big)):
+            assert http_request(f"{a.url}/simple/{project}/{path.name}", timeout=120)[0] == 200
+        admin.call("POST", "/_synapse/pypi/v1/projects/far-ban/bans", {"target": wheel.name, "reason": "malware"})
+        room = join_when_ready(admin, f"#pypi-far-ban:{name_a}")
+        pub.join(room)
+        slot = policy_state_key("file", wheel.name, bot)
+        lift = build_policy(project="far-ban", kind="file", entity=wheel.name, recommendation="unban",
+                            reason="mine now", source="moderator", timestamp=1, publisher=pub.user_id,
+                            signing_key=generate_key())
+        reader = slow_reader(f"{a.url}/simple/held-open/{big.name}")
+        try:
+            pub.send_state(room, POLICY_TYPE, slot, lift)
+            poll(lambda: [f for f in admin.call("GET", "/_synapse/pypi/v1/projects/far-ban/flagged")["flagged"]
+                          if f["kind"] == "impersonation"], what="A reports the overwrite")
+            status, _, body = http_request(f"{b.url}/simple/far-ban/{wheel.name}", timeout=60)
+            assert status == 404 and b"malware" in body and bot.encode() in body
+            # Still the overwrite when B read the room.
+            assert admin.state_event(room, POLICY_TYPE, slot)["publisher"] == pub.user_id
+            bans = admin_b.call("GET", "/_synapse/pypi/v1/projects/far-ban/bans")["bans"]
+            assert [(ban["entity"], ban["publisher"]) for ban in bans] == [(wheel.name, bot)]
+        finally:
+            reader.close()
+    finally:
+        a.dispose()
+        b.dispose()
+        upstream.stop()
 
 
 def test_peer_aliases_cannot_detach_or_replace_our_views(fed):

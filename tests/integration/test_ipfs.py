@@ -385,6 +385,7 @@ def test_cid_hints_are_bounded_and_never_attested(synapse_factory, upstream_fact
     )
 
     path = build_wheel(project_dir(dists_dir, "hinted"), "hinted", "1.0", payload_size=40_000)
+    later = build_wheel(project_dir(dists_dir, "hinted"), "hinted", "2.0", payload_size=40_000)
     sha = sha256_file(path)
     upstream = upstream_factory()
     node = kubo_factory("node", extra_args=("--default-timeout", "60"))
@@ -414,6 +415,7 @@ def test_cid_hints_are_bounded_and_never_attested(synapse_factory, upstream_fact
     # blocks nobody has, and the hint deadline hands the request to the upstream.
     status, _, body = get_file(hs, "hinted", path.name)
     assert status == 200 and body == path.read_bytes()
+    assert f"{path.name}: " in hs.log_text() and bogus in hs.log_text()
     assert "within the time left for others' CIDs" in hs.log_text()
     assert upstream.hit_count(upstream.file_path("hinted", path.name)) == 1
 
@@ -433,3 +435,21 @@ def test_cid_hints_are_bounded_and_never_attested(synapse_factory, upstream_fact
     moderator.redact(room, event_id, "bogus CID")
     poll(lambda: all(a["cid"] != bogus for a in admin.call("GET", status_path)["attestations"]),
          what="the redacted CID forgotten")
+    # And never tried: the publisher attests another file with an unheld CID, a moderator
+    # redacts it before anyone asks for the file; fetched then, the file comes from the
+    # upstream without a try of that CID (each try is logged with the CID, as above).
+    other = _unheld_cid()
+    content = build_content(project="hinted", version="2.0", filename=later.name, size=later.stat().st_size,
+                            sha256=sha256_file(later), cid=other, upstream_url=None, requires_python=None,
+                            timestamp=1, publisher=publisher.user_id, signing_key=key)
+    later_id = publisher.send_state(room, ATTESTATION_TYPE, state_key_for(later.name, publisher.user_id), content)
+    later_path = f"/_synapse/pypi/v1/projects/hinted/files/{later.name}"
+    poll(lambda: [a for a in admin.call("GET", later_path)["attestations"] if a["cid"] == other],
+         what="the second claim")
+    moderator.redact(room, later_id, "bogus CID")
+    poll(lambda: [a for a in admin.call("GET", later_path)["attestations"]
+                  if a["event_id"] == later_id and a["verdict"] == "redacted"], what="the redaction applied")
+    status, _, body = get_file(hs, "hinted", later.name)
+    assert status == 200 and body == later.read_bytes()
+    assert upstream.hit_count(upstream.file_path("hinted", later.name)) == 1
+    assert other not in hs.log_text()

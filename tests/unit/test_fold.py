@@ -5,12 +5,16 @@ one gives the same verdicts as reading the final state at once."""
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from signedjson.key import get_verify_key
+from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 
+from synapse_pypi._maintainer import owners_events
 from synapse_pypi.trust import (
     ATTESTATION_TYPE,
     KEY_TYPE,
@@ -23,7 +27,18 @@ from synapse_pypi.trust import (
     verify_key_base64,
 )
 from synapse_pypi.trust._bans import POLICY_TYPE, build_policy, policy_state_key
-from synapse_pypi.trust._fold import CREATE, POWER_LEVELS, PROJECT_FIELD, REDACTION, RoomEvent, RoomView, Rules, fold
+from synapse_pypi.trust._fold import (
+    CREATE,
+    KEY_LEVEL_FIELD,
+    POWER_LEVELS,
+    PROJECT_FIELD,
+    REDACTION,
+    RoomEvent,
+    RoomView,
+    Rules,
+    fold,
+    slot_owner,
+)
 
 BOT = "@pypi-bot:a.example"
 MOD = "@mod:a.example"
@@ -278,7 +293,8 @@ def actions(draw: Any) -> list[tuple]:
     """A sequence of abstract actions; turned into events by `play`."""
     out = []
     for _ in range(draw(st.integers(0, 14))):
-        kind = draw(st.sampled_from(["att", "att", "att", "key", "power", "redact", "junk", "junk_key", "policy"]))
+        kind = draw(st.sampled_from(["att", "att", "att", "key", "power", "redact", "junk", "junk_key", "policy",
+                                     "policy", "overwrite"]))
         if kind == "att":
             out.append(("att", draw(st.sampled_from(USERS)), draw(st.sampled_from(FILES)),
                         draw(st.sampled_from(SHAS)), draw(st.sampled_from([None] + USERS)),
@@ -294,6 +310,10 @@ def actions(draw: Any) -> list[tuple]:
             out.append(("policy", draw(st.sampled_from(USERS)), draw(st.sampled_from(["file", "version", "project"])),
                         draw(st.sampled_from(["ban", "unban"])), draw(st.sampled_from([None] + USERS)),
                         draw(st.sampled_from(["own", "other", "wrong_project"]))))
+        elif kind == "overwrite":
+            # Someone writes into a slot already written (its owner's or not): what the
+            # readers walk back through.
+            out.append(("overwrite", draw(st.sampled_from(USERS)), draw(st.integers(0, 50))))
         elif kind == "junk":
             out.append(("junk", draw(st.sampled_from(USERS)), draw(st.sampled_from(FILES + ["bad/key/x", "nofilename"])),
                         draw(json_values)))
@@ -333,6 +353,12 @@ def play(acts: list[tuple]) -> list[RoomEvent]:
                                    signing_key=KEYS[sender] if signer != "other" else OTHER_KEY)
             events.append(RoomEvent(_eid(), POLICY_TYPE, sender, policy_state_key(pkind, entity, slot or sender),
                                     content))
+        elif kind == "overwrite":
+            _, sender, index = act
+            slots = [e for e in events if e.type in (ATTESTATION_TYPE, KEY_TYPE, POLICY_TYPE)]
+            if slots:
+                target = slots[index % len(slots)]
+                events.append(RoomEvent(_eid(), target.type, sender, target.state_key, target.content))
         elif kind == "junk":
             _, sender, skey, content = act
             content = content if isinstance(content, dict) else {"schema": content}
@@ -344,33 +370,47 @@ def play(acts: list[tuple]) -> list[RoomEvent]:
     return events
 
 
+class _History:
+    """A room's events as a server stores them, read back the way `synapse-pypi verify` and
+    the module read them: `event` answers the walk back through ``replaces_state``."""
+
+    def __init__(self, events: list[RoomEvent]) -> None:
+        self.by_id: dict[str, dict] = {}
+        current: dict[tuple, dict] = {}
+        for e in events:
+            if e.state_key is None:
+                continue
+            d = {"event_id": e.event_id, "type": e.type, "sender": e.sender, "state_key": e.state_key,
+                 "content": dict(e.content), "unsigned": {}}
+            prev = current.get((e.type, e.state_key))
+            if prev is not None:
+                d["unsigned"]["replaces_state"] = prev["event_id"]  # as Synapse sets it
+            current[(e.type, e.state_key)] = self.by_id[e.event_id] = d
+        self.state = list(current.values())
+
+    def event(self, room_id: str, event_id: str) -> dict | None:
+        return self.by_id.get(event_id)
+
+
 def final_state(events: list[RoomEvent]) -> list[RoomEvent]:
     """What a reader gets after the fact: the current state, with redactions Synapse applied
-    marked on their targets (content kept), and, for a slot an intruder wrote last, the
-    owner's own last event there too (the module walks `replaces_state` for it)."""
+    marked on their targets (content kept, as the module keeps it), and, for a slot someone
+    other than its owner wrote last, whatever the real reader walks back to through
+    ``replaces_state`` (`_maintainer.owners_events`, which decides which slots to walk with the
+    same `slot_owner` as the module's `_rooms`)."""
     redactions: dict[str, tuple[str, ...]] = {}
     for e in events:
         if e.type == REDACTION and e.applied and e.redacts:
             redactions[e.redacts] = redactions.get(e.redacts, ()) + (e.sender,)
+    by_id = {e.event_id: e for e in events}
 
     def marked(e: RoomEvent) -> RoomEvent:
         by = redactions.get(e.event_id)
         return RoomEvent(e.event_id, e.type, e.sender, e.state_key, e.content, redacted=True, redacted_by=by) if by else e
 
-    history: dict[tuple, list[RoomEvent]] = {}
-    for e in events:
-        if e.state_key is not None:
-            history.setdefault((e.type, e.state_key), []).append(e)
-    out = []
-    for (etype, skey), evs in history.items():
-        out.append(marked(evs[-1]))
-        if etype in (ATTESTATION_TYPE, KEY_TYPE, POLICY_TYPE):
-            owner = skey if etype == KEY_TYPE else skey.partition("/")[2]
-            if evs[-1].sender != owner:
-                owned = [e for e in evs if e.sender == owner]
-                if owned:
-                    out.append(marked(owned[-1]))
-    return out
+    history = _History(events)
+    read = owners_events(history, "!room", history.state)  # type: ignore[arg-type]  # a stand-in server
+    return [marked(by_id[d["event_id"]]) for d in read]
 
 
 def snapshot(view: RoomView) -> tuple:
@@ -437,6 +477,184 @@ def test_arbitrary_content_never_raises(raw: list[tuple]) -> None:
         assert rec.verdict in Verdict
 
 
+# Near-valid content: every event type the fold reads, built right and then, often, given a
+# wrong type or value in one of the fields the fold reads. An event built wrong is remembered
+# as such: no record of it may ever count.
+
+def _not_exactly(good: Any) -> Any:
+    """Wrong values for a field whose right value is `good`: other types, other values."""
+    return json_values.filter(lambda v: not (type(v) is type(good) and v == good))
+
+
+_WRONG_INT = st.one_of(st.text(max_size=5), st.booleans(), st.none(), st.lists(st.integers(), max_size=2),
+                       st.integers(max_value=-1), st.integers(min_value=2**53), st.floats(allow_nan=False))
+_WRONG_SHA = st.one_of(json_values.filter(lambda v: not isinstance(v, str)),
+                       st.text(max_size=70).filter(lambda t: not re.fullmatch(r"[0-9a-f]{64}", t)),
+                       st.just("AA" * 32), st.just("a" * 63))
+_ATT_WRONG: dict[str, Any] = {
+    "schema": _not_exactly(1),
+    "project": st.one_of(json_values.filter(lambda v: v != PROJECT), st.just("Demo"), st.just("other")),
+    "version": st.one_of(json_values.filter(lambda v: not isinstance(v, str)), st.just("not a version!")),
+    "filename": st.one_of(json_values.filter(lambda v: v not in FILES), st.sampled_from(FILES)),
+    "size": _WRONG_INT,
+    "timestamp": _WRONG_INT,
+    "hashes": st.one_of(json_values.filter(lambda v: not isinstance(v, dict)),
+                        _WRONG_SHA.map(lambda v: {"sha256": v}), st.just({})),
+    "publisher": st.one_of(json_values.filter(lambda v: v not in USERS), st.sampled_from(USERS)),
+    "signatures": st.one_of(json_values.filter(lambda v: not isinstance(v, dict)), st.just({}),
+                            st.sampled_from(USERS).map(lambda u: {u: {}}),
+                            st.sampled_from(USERS).map(lambda u: {u: {"ed25519:x": 5}})),
+    "cid": st.one_of(json_values.filter(lambda v: not isinstance(v, str)), st.just("bad cid!"), st.just("")),
+    "upstream_url": st.one_of(json_values.filter(lambda v: not isinstance(v, str)), st.just("ftp://x")),
+    "verified_against": st.one_of(json_values.filter(lambda v: not isinstance(v, str)), st.just("bogus")),
+}
+_POLICY_WRONG: dict[str, Any] = {
+    "schema": _not_exactly(1),
+    "project": st.one_of(json_values.filter(lambda v: v != PROJECT), st.just("Demo"), st.just("other")),
+    "kind": st.one_of(json_values, st.sampled_from(["file", "version", "project"])),
+    "entity": st.one_of(json_values, st.sampled_from(FILES + ["1.0", "2.0", PROJECT])),
+    "recommendation": st.one_of(json_values.filter(lambda v: v not in ("ban", "unban")), st.just("BAN")),
+    "reason": json_values.filter(lambda v: not isinstance(v, str)),
+    "source": st.one_of(json_values.filter(lambda v: v not in ("moderator", "upstream", "admin")), st.just("me")),
+    "timestamp": _WRONG_INT,
+    "publisher": st.one_of(json_values.filter(lambda v: v not in USERS), st.sampled_from(USERS)),
+    "signatures": _ATT_WRONG["signatures"],
+}
+
+
+# Left out, these make content wrong (the others are optional).
+_REQUIRED = (frozenset(_ATT_WRONG) | frozenset(_POLICY_WRONG)) - {"cid", "upstream_url", "verified_against"}
+
+
+@st.composite
+def _spoiled(draw: Any, content: dict, sender: str, wrong: dict[str, Any], key: Any) -> tuple[dict, bool]:
+    """`content`, given a wrong field (or one left out) two times in three, mostly signed
+    again with the right key; and whether it was spoiled."""
+    if draw(st.integers(0, 2)) == 0:
+        return content, False
+    field = draw(st.sampled_from(sorted(wrong)))
+    spoiled = dict(content)
+    if field in _REQUIRED and draw(st.integers(0, 4)) == 0:
+        del spoiled[field]
+    else:
+        spoiled[field] = draw(wrong[field])
+    if field != "signatures" and draw(st.integers(0, 3)):
+        # Signed again with the right key: the signature is fine, the field is not.
+        unsigned = {k: v for k, v in spoiled.items() if k != "signatures"}
+        try:
+            spoiled = sign_json(unsigned, sender, key)
+        except (TypeError, ValueError):
+            pass  # not encodable as canonical JSON: left with the old signature
+    if field in ("filename", "kind", "entity", "publisher") and spoiled.get(field) == content.get(field):
+        return content, False
+    return spoiled, True
+
+
+@st.composite
+def near_valid_events(draw: Any) -> tuple[list[RoomEvent], set[str]]:
+    """Events of every type the fold reads, near valid; and the ids of those built wrong."""
+    events = [create(), power({MOD: 50, PUB: 60, MAINT: 60})]
+    spoiled: set[str] = set()
+    for _ in range(draw(st.integers(0, 12))):
+        kind = draw(st.sampled_from(["att", "att", "att", "policy", "policy", "key", "power", "create", "redact"]))
+        # Mostly senders whose keys are trusted (pinned): what they send wrong would count.
+        sender = draw(st.sampled_from([BOT, MAINT, BOT, MAINT, *USERS]))
+        if kind == "att":
+            filename, sha = draw(st.sampled_from(FILES)), draw(st.sampled_from(SHAS))
+            key = KEYS[sender] if draw(st.integers(0, 3)) else OTHER_KEY
+            content = build_content(
+                project=PROJECT, version="1.0", filename=filename, size=draw(st.integers(0, 2**53 - 1)), sha256=sha,
+                cid=draw(st.sampled_from([None, "bafkrei" + "a" * 52])), upstream_url=None,
+                requires_python=None, timestamp=1, publisher=sender, signing_key=key,
+                verified_against=draw(st.sampled_from([None, "upstream"])),
+            )
+            content, bad = draw(_spoiled(content, sender, _ATT_WRONG, key))
+            ev = RoomEvent(_eid(), ATTESTATION_TYPE, sender, state_key_for(filename, sender), content)
+        elif kind == "policy":
+            pkind = draw(st.sampled_from(["file", "version", "project"]))
+            entity = {"file": FILES[0], "version": "1.0", "project": PROJECT}[pkind]
+            key = KEYS[sender] if draw(st.integers(0, 3)) else OTHER_KEY
+            content = build_policy(project=PROJECT, kind=pkind, entity=entity,
+                                   recommendation=draw(st.sampled_from(["ban", "unban"])), reason="why",
+                                   source="moderator", timestamp=1, publisher=sender, signing_key=key)
+            content, bad = draw(_spoiled(content, sender, _POLICY_WRONG, key))
+            ev = RoomEvent(_eid(), POLICY_TYPE, sender, policy_state_key(pkind, entity, sender), content)
+        elif kind == "key":
+            good = {key_id(KEYS[sender]): verify_key_base64(KEYS[sender])}
+            # Never OTHER_KEY: what is signed with it must never count.
+            keys = draw(st.one_of(st.just(good), json_values,
+                                  st.dictionaries(st.sampled_from([key_id(KEYS[sender]), "ed25519:x", "rsa:y"]),
+                                                  st.one_of(json_values, st.just(verify_key_base64(KEYS[sender]))),
+                                                  max_size=3)))
+            ev, bad = RoomEvent(_eid(), KEY_TYPE, sender, sender, {"keys": keys}), False
+        elif kind == "power":
+            level = st.one_of(st.sampled_from([0, 10, 50, 60, 100]), json_values)
+            content = {
+                "users": draw(st.one_of(st.dictionaries(st.sampled_from(USERS[1:]), level, max_size=4), json_values)),
+                "events": draw(st.one_of(st.dictionaries(st.sampled_from([ATTESTATION_TYPE, KEY_TYPE, POLICY_TYPE]),
+                                                         level, max_size=3), json_values)),
+                "redact": draw(level), "users_default": draw(level), "state_default": draw(level),
+            }
+            ev, bad = RoomEvent(_eid(), POWER_LEVELS, BOT, "", content), False
+        elif kind == "create":
+            content = {PROJECT_FIELD: draw(st.one_of(st.just(PROJECT), json_values)),
+                       KEY_LEVEL_FIELD: draw(st.one_of(st.sampled_from([0, 60, 100]), json_values)),
+                       "additional_creators": draw(st.one_of(st.lists(st.sampled_from(USERS), max_size=2), json_values))}
+            ev, bad = RoomEvent(_eid(), CREATE, BOT, "", content), False
+        else:
+            targets = [e.event_id for e in events if e.type in (ATTESTATION_TYPE, KEY_TYPE, POLICY_TYPE)]
+            target = draw(st.sampled_from(targets)) if targets and draw(st.booleans()) else draw(json_values)
+            ev, bad = RoomEvent(_eid(), REDACTION, sender, None, {"redacts": target},
+                                redacts=target if isinstance(target, str) else None, applied=draw(st.booleans())), False
+        events.append(ev)
+        if bad:
+            spoiled.add(ev.event_id)
+    return events, spoiled
+
+
+def _independently_valid(ev: RoomEvent) -> bool:
+    """A simple check of a counted record's event, apart from the fold's parser: signed by the
+    sender's real key (never OTHER_KEY), and the fields the serve path uses of the right type."""
+    c = ev.content
+    try:
+        verify_signed_json(dict(c), ev.sender, get_verify_key(KEYS[ev.sender]))
+    except SignatureVerifyException:
+        return False
+    if c.get("publisher") != ev.sender or c.get("project") != PROJECT or type(c.get("schema")) is not int:
+        return False
+    ts = c.get("timestamp")
+    if type(ts) is not int or not 0 <= ts < 2**53:
+        return False
+    if ev.type == POLICY_TYPE:
+        return c.get("recommendation") in ("ban", "unban") and isinstance(c.get("reason"), str)
+    size, hashes = c.get("size"), c.get("hashes")
+    return (type(size) is int and 0 <= size < 2**53 and isinstance(hashes, dict)
+            and isinstance(hashes.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", hashes["sha256"]) is not None
+            and c.get("filename") == (ev.state_key or "").partition("/")[0])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_valid_events())
+def test_near_valid_content_never_raises_and_never_counts_what_was_built_wrong(built: tuple) -> None:
+    events, spoiled = built
+    live = RoomView("!room", RULES)
+    for ev in events:
+        live.apply(ev)
+    fresh = fold("!room", RULES, final_state(events))
+    for view in (live, fresh):
+        view.rejudge()
+        for rec in view.records() + view.policies() + view.intruders():
+            assert rec.verdict in Verdict
+            if not rec.valid:
+                assert rec.sha256 is None and rec.cid is None
+                continue
+            assert rec.event_id not in spoiled, (rec, view.event_for(rec.event_id))
+            ev = view.event_for(rec.event_id)
+            assert ev is not None and ev.sender == rec.publisher and _independently_valid(ev)
+        for filename in FILES:
+            assert all(c.sha256 in SHAS for c in view.claims(filename))
+
+
 def test_a_policy_bans_only_with_a_trusted_key_and_a_redaction_lifts_it() -> None:
     view = base_room()
     ban = build_policy(project=PROJECT, kind="version", entity="1.0", recommendation="ban", reason="malware",
@@ -453,3 +671,25 @@ def test_a_policy_bans_only_with_a_trusted_key_and_a_redaction_lifts_it() -> Non
     view.apply(redaction(MOD, ev.event_id))
     assert not [r for r in view.policies() if r.valid and r.publisher == BOT]
 
+
+
+def test_an_intruder_in_the_bots_ban_slot_lifts_nothing_on_a_fresh_read() -> None:
+    """A publisher with the power to send policies writes an unban into the bot's ban slot:
+    the live view, and every reader of the room's state afterwards (restart, re-verify,
+    `synapse-pypi verify`, a peer's first read), keep the bot's ban and report the intruder."""
+    assert slot_owner(POLICY_TYPE, policy_state_key("file", FILES[0], BOT)) == BOT
+    ban = build_policy(project=PROJECT, kind="file", entity=FILES[0], recommendation="ban", reason="malware",
+                       source="moderator", timestamp=1, publisher=BOT, signing_key=KEYS[BOT])
+    lift = build_policy(project=PROJECT, kind="file", entity=FILES[0], recommendation="unban", reason="mine now",
+                        source="moderator", timestamp=2, publisher=PUB, signing_key=KEYS[PUB])
+    slot = policy_state_key("file", FILES[0], BOT)
+    events = [create(), power({MOD: 50, PUB: 60}), key_event(PUB),
+              RoomEvent(_eid(), POLICY_TYPE, BOT, slot, ban), RoomEvent(_eid(), POLICY_TYPE, PUB, slot, lift)]
+    live = RoomView("!room", RULES)
+    live.apply_all(events)
+    for view in (live, fold("!room", RULES, final_state(events))):
+        (rec,) = view.policies()
+        assert rec.valid and rec.publisher == BOT and rec.policy.recommendation == "ban"
+        assert view.slot_record(POLICY_TYPE, f"file:{FILES[0]}", BOT) == rec
+        (report,) = view.intruders()
+        assert (report.verdict, report.sender, report.event_type) == (Verdict.IMPERSONATION, PUB, POLICY_TYPE)
