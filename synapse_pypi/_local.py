@@ -13,7 +13,7 @@ memory too); `LocalFirstPages` is the page service with that rule in front of it
 
 import datetime
 import logging
-from typing import Any, Dict, Iterable, Mapping, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
 
 import attrs
 
@@ -225,10 +225,16 @@ class LocalFirstPages(PageService):
     def __init__(self, *args: Any, local: LocalProjects, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.local = local
+        # A peer's uploads (their attestations say so): pages from the rooms.
+        self.uploaded_elsewhere: Optional[Callable[[str], Awaitable[Optional[index.ProjectPage]]]] = None
 
     async def project(self, name: NormalizedName, wanted: Any = None) -> PageView:
         mode = self.local.serve_mode(name)
         if mode is None:
+            if self.uploaded_elsewhere is not None:
+                page = await self.uploaded_elsewhere(name)
+                if page is not None:
+                    return PageView(page, False)
             return await super().project(name, wanted)
         page = self.local.page(name)
         if mode == REPLACE:

@@ -112,6 +112,8 @@ class PyPIModule:
         )
         # What the file path asks of the trust layer, and tells it (see _serve_policy.py).
         self._policy = TrustServePolicy(self._trust, self._pages, self._store)
+        # A peer's uploaded projects are served from the rooms, never from our upstream.
+        self._pages.uploaded_elsewhere = self._trust.uploaded_elsewhere
         # A file request, top to bottom: SimpleResource -> policy.hash_to_serve -> FileChain
         # (LocalCache, then Backends, then UpstreamClient) -> a Responder the resource writes.
         cache_root = os.path.join(config.data_directory, "cache")

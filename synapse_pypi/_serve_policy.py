@@ -130,7 +130,15 @@ class TrustServePolicy:
         upstream_sha = dist.hashes.get("sha256") if dist is not None and dist.url else None
         if dist is None:
             dist = index.DistFile(filename=filename, url="", hashes={"sha256": sha256})
+        uploaded = self._uploaded(project, filename, sha256)
         if stored:
-            self._trust.stored(project, dist, sha256, size)
+            self._trust.stored(project, dist, sha256, size, uploaded)
         else:
-            self._trust.served(project, dist, sha256, size, upstream_sha)
+            self._trust.served(project, dist, sha256, size, upstream_sha, uploaded=uploaded)
+
+    def _uploaded(self, project: str, filename: str, sha256: str) -> bool:
+        """Whether these bytes were uploaded here (docs/publishing.md): attested as such, so
+        that peers serve the project from the rooms rather than from their upstream."""
+        local = getattr(self._pages, "local", None)
+        upload = local.file(project, filename) if local is not None else None
+        return upload is not None and upload.sha256 == sha256

@@ -85,6 +85,8 @@ class TrustService:
         self.run_background = api.run_as_background_process
         self.queue = queue
         self.bot = f"@{config.bot_localpart}:{api.server_name}"
+        # project -> (project_generation, whether a valid attestation says "upload").
+        self._uploads_seen: Dict[str, Tuple[Tuple[int, ...], bool]] = {}
         self._pinned: Dict[str, Dict[str, Any]] = {}
         for mxid, keys in config.trusted_keys.items():
             self._pinned[mxid] = dict(parse_public_key(k) for k in keys)
@@ -205,15 +207,16 @@ class TrustService:
                 "alias": self.alias_for(project)}
 
     def served(
-        self, project: str, dist: index.DistFile, sha256: str, size: int, upstream_sha256: Optional[str]
+        self, project: str, dist: index.DistFile, sha256: str, size: int, upstream_sha256: Optional[str],
+        uploaded: bool = False,
     ) -> None:
         """A file was served or committed with these (verified) bytes: attest them. Returns
         at once; the attestation is made in the Matrix queue."""
-        basis = "upstream" if upstream_sha256 == sha256 else "attestations"
+        basis = "upload" if uploaded else "upstream" if upstream_sha256 == sha256 else "attestations"
         self.publisher.served(project, dist, sha256, size, basis)
 
-    def stored(self, project: str, dist: index.DistFile, sha256: str, size: int) -> None:
-        self.publisher.stored(project, dist, sha256, size)
+    def stored(self, project: str, dist: index.DistFile, sha256: str, size: int, uploaded: bool = False) -> None:
+        self.publisher.stored(project, dist, sha256, size, uploaded)
 
     def attested_details(
         self, pt: Optional[ProjectTrust], filename: str, sha256: Optional[str]
@@ -269,6 +272,23 @@ class TrustService:
             self.handle_decision(project, pt, filename, self.decide(pt, filename, upstream_sha, fresh))
 
     # -- offline pages and the admin API ---------------------------------------------
+
+    async def uploaded_elsewhere(self, project: str) -> Optional[index.ProjectPage]:
+        """The page of a project that a peer (or we) published from uploads: built from the
+        rooms when a valid attestation of one of its files says it was an upload, else None.
+        Such a project is served from the rooms only, never from our upstream (which might
+        register the name later: dependency confusion)."""
+        pt = await self.view_for_page(project)
+        generation = self.project_generation(project)
+        known = self._uploads_seen.get(project)
+        if known is None or known[0] != generation:
+            # Once per change of the rooms' verdicts, not per page request.
+            uploaded = any(
+                rec.valid and rec.attestation is not None and rec.attestation.verified_against == "upload"
+                for filename in pt.filenames() for _, rec in pt.records(filename)
+            )
+            self._uploads_seen[project] = known = (generation, uploaded)
+        return await self.page_from_room(project) if known[1] else None
 
     async def page_from_room(self, project: str) -> Optional[index.ProjectPage]:
         """A page built from the rooms' valid attestations (upstream unreachable, no cache).

@@ -85,7 +85,8 @@ _SIGNATURE = re.compile(r"[A-Za-z0-9+/]{86}")
 # upstream is down). Only a mirror's own upstream-verified attestation counts as its own
 # corroboration in the serve policy; attestations without the field are from before it
 # existed, when every mirror attestation was checked against the upstream.
-VERIFIED_AGAINST = ("upstream", "attestations")
+# "upload": the publisher received the bytes as an upload to its own index (no upstream).
+VERIFIED_AGAINST = ("upstream", "attestations", "upload")
 
 
 class MalformedAttestation(ValueError):

@@ -404,3 +404,51 @@ def test_pdm_and_poetry_publish(synapse_factory: Any, upstream_factory: Any, dis
                        admin.token, "--no-interaction"], env=env, cwd=project, timeout=300)
     assert proc.returncode == 0, describe(proc)
     assert _files(hs, "corp-poetry")[wheel.name]["hashes"] == {"sha256": sha256_file(wheel)}
+
+
+def test_an_upload_replicates_to_a_federated_peer_and_its_upstream_cannot_shadow_it(
+    synapse_factory: Any, upstream_factory: Any, dists_dir: Path, work_dir: Path, kubo_factory: Any
+) -> None:
+    """A's upload, attested by A's bot as an upload with its CID, is served by B (A's peer,
+    trusting A's key) from the rooms and IPFS; B's upstream registering the same name later,
+    with a higher version, changes nothing on B."""
+    from synapse_pypi.trust import load_or_create_key, public_key_string
+
+    populate(dists_dir)
+    upstream = upstream_factory()
+    node_a, node_b = kubo_factory("a", gateway=False), kubo_factory("b", gateway=False)
+    assert node_b.rpc("swarm/connect", [("arg", node_a.multiaddr)]).status == 200
+    fa, fb = free_port(), free_port()
+    name_a, name_b = f"localhost:{fa}", f"localhost:{fb}"
+    key_path = work_dir / "key-a" / "attestation_signing.key"
+    key_a = load_or_create_key(str(key_path))
+
+    def storage(node: Any) -> list:
+        return [{"module": "synapse_pypi.storage.KuboStorage", "config": {"api_url": f"http://127.0.0.1:{node.api_port}"}}]
+
+    a = synapse_factory(module_config=_config(upstream, storage_providers=storage(node_a), storage_retry_interval="1s",
+                                              signing_key_path=str(key_path)),
+                        federation_port=fa, federation_names=[name_b])
+    b = synapse_factory(module_config=_config(upstream, storage_providers=storage(node_b), peers=[name_a],
+                                              trusted_keys={f"@pypi-bot:{name_a}": [public_key_string(key_a)]}),
+                        federation_port=fb, federation_names=[name_a])
+    admin = Client.register(a, "admin", admin=True)
+    lib = build_wheel(work_dir / "dist", "corp-shared", "1.0", payload_size=2000, metadata_sidecar=False)
+    proc = twine_upload(a.url, admin.token, lib)
+    assert proc.returncode == 0, describe(proc)
+    bot = f"@pypi-bot:{name_a}"
+    poll(lambda: any(
+        a_["publisher"] == bot and a_["cid"] and a_["sha256"] == sha256_file(lib)
+        for a_ in admin.call("GET", f"/_synapse/pypi/v1/projects/corp-shared/files/{lib.name}")["attestations"]
+    ), timeout=60, what="A's bot attesting the upload with its CID")
+    # B's upstream has never heard of it: B serves it from A's room and IPFS.
+    python = make_venv(work_dir / "b-venv")
+    proc = pip_install(python, b.index_url, "corp-shared")
+    assert proc.returncode == 0, describe(proc)
+    assert installed_version(python, "corp-shared") == "1.0"
+    # The public index registers the name with a higher version: B does not switch over.
+    build_wheel(project_dir(dists_dir, "corp-shared"), "corp-shared", "9.0")
+    assert set(_files(b, "corp-shared")) == {lib.name}
+    python = make_venv(work_dir / "b-venv-2")
+    proc = pip_install(python, b.index_url, "corp-shared")
+    assert proc.returncode == 0 and installed_version(python, "corp-shared") == "1.0", describe(proc)
