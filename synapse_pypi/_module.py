@@ -113,14 +113,17 @@ class PyPIModule:
                 functools.partial(blob_path, cache_root),
                 api.run_as_background_process,
                 listener=self._policy,
+                retry_ms=config.storage_retry_ms,
+                unpin_evicted=config.unpin_evicted,
             )
         self._cache = LocalCache(
             cache_root,
             self._store,
             config.max_cache_size,
-            # Blobs not yet added to every backend stay, however old.
-            keep=self._backends.has_pending if self._backends is not None else lambda sha256: False,
             min_free=config.min_free_space,
+            # A blob that leaves the cache is dropped from the backends' queue, and removed
+            # (unpinned) from them: neither grows beyond the cache's budget.
+            on_removed=self._backends,
         )
         self._files = FileChain(
             self._cache,
