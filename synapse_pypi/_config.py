@@ -65,6 +65,8 @@ class PyPIConfig:
     storage_providers: Tuple[StorageProviderConfig, ...] = ()
     # How often pending IPFS adds are retried while a storage backend is down.
     storage_retry_ms: int = 5000
+    # A file the local cache evicts is removed (unpinned) from the storage backends too.
+    unpin_evicted: bool = True
     # The trust layer (package rooms and attestations).
     bot_localpart: str = "pypi-bot"
     room_alias_prefix: str = "pypi-"
@@ -133,6 +135,7 @@ KNOWN_KEYS = frozenset(
         "matrix_queue_size",
         "storage_providers",
         "storage_retry_interval",
+        "unpin_evicted",
         "data_directory",
         "upstream_url",
         "page_ttl",
@@ -313,6 +316,12 @@ def parse_config(config: Any) -> PyPIConfig:
         kwargs["storage_providers"] = parse_storage_providers(config["storage_providers"])
     if "storage_retry_interval" in config:
         kwargs["storage_retry_ms"] = parse_positive_duration_ms(config["storage_retry_interval"], "storage_retry_interval")
+    if "unpin_evicted" in config:
+        if not isinstance(config["unpin_evicted"], bool):
+            raise ConfigError(
+                f"'unpin_evicted' must be true or false, not {config['unpin_evicted']!r}", path=("unpin_evicted",)
+            )
+        kwargs["unpin_evicted"] = config["unpin_evicted"]
 
     kwargs.update(_parse_trust(config))
     kwargs.update(_parse_publish(config))

@@ -89,6 +89,15 @@ class FileEvents(Protocol):
         ...
 
 
+class CacheRemovals(Protocol):
+    """Told when a blob leaves the local cache (the storage backends forget it too)."""
+
+    async def blob_removed(self, sha256: str, reason: str, evicted: bool) -> None:
+        """Called before the blob's file names are forgotten. `evicted`: by the cache's own
+        budget (least recently used), not by an admin's purge."""
+        ...
+
+
 class ReferenceHints(Protocol):
     """Knows references (CIDs) for a file from others' attestations: hints, not trust."""
 
@@ -124,11 +133,12 @@ class LocalCache:
     Args:
         root: the cache directory (created).
         store: the module's database tables.
-        max_size: disk budget in bytes; least-recently-used blobs not in use are evicted.
-        keep: sha256 -> True for blobs that must stay even when least recently used (not
-            yet added to every storage backend).
+        max_size: disk budget in bytes; least-recently-used blobs not in use are evicted
+            (also those still waiting to be added to a storage backend: the budget holds
+            while a backend is down).
         min_free: bytes of the disk to leave free; a download needs its size on top.
         clock: returns milliseconds since the epoch.
+        on_removed: told of every blob that leaves the cache (the storage backends).
     """
 
     def __init__(
@@ -136,15 +146,18 @@ class LocalCache:
         root: str,
         store: Store,
         max_size: int,
-        keep: Callable[[str], bool] = lambda sha256: False,
         min_free: int = 0,
         clock: Optional[Callable[[], int]] = None,
+        on_removed: Optional[CacheRemovals] = None,
+        keep: Callable[[str], bool] = lambda sha256: False,
     ):
         self.root = root
+        # Blobs that are never evicted (uploads: the cache is where they live).
+        self._keep = keep
         self.partial_dir = os.path.join(root, "partial")
         self._store = store
         self._max_size = max_size
-        self._keep = keep
+        self._on_removed = on_removed
         self._min_free = min_free
         self._now_ms = clock or (lambda: int(time.time() * 1000))
         self._sizes: Dict[str, int] = {}
@@ -239,7 +252,7 @@ class LocalCache:
         for sha256 in candidates:
             if self.free_bytes() >= need:
                 break
-            await self.remove(sha256, reason="evicted to make room on a full disk")
+            await self.remove(sha256, reason="evicted to make room on a full disk", evicted=True)
         return self.free_bytes() >= need
 
     def reserve(self, size: int) -> None:
@@ -302,11 +315,14 @@ class LocalCache:
             for sha256 in self._eviction_order():
                 if self.total_size <= self._max_size:
                     break
-                await self.remove(sha256, reason="evicted (least recently used)")
+                if self.in_use(sha256):
+                    continue  # a client started reading it while an earlier removal was awaited
+                await self.remove(sha256, reason="evicted (least recently used)", evicted=True)
         finally:
             self._evicting = False
 
-    async def remove(self, sha256: str, reason: str) -> None:
+    async def remove(self, sha256: str, reason: str, evicted: bool = False) -> None:
+        """Take a blob out of the cache (`evicted`: by the budget, not by an admin)."""
         size = self._sizes.pop(sha256, None)
         if size is None:
             return
@@ -314,6 +330,8 @@ class LocalCache:
         self._pending_touch.pop(sha256, None)
         self.total_size -= size
         self.generation += 1
+        if self._on_removed is not None:
+            await self._on_removed.blob_removed(sha256, reason, evicted)
         await self._store.remove_blob(sha256)
         try:
             os.unlink(self.blob_path(sha256))

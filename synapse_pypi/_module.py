@@ -132,18 +132,21 @@ class PyPIModule:
                 functools.partial(blob_path, cache_root),
                 api.run_as_background_process,
                 listener=self._policy,
+                retry_ms=config.storage_retry_ms,
+                unpin_evicted=config.unpin_evicted,
                 quiet_moment=self._queue.quiet_moment,
                 seconds=reactor.seconds,
             )
-        backends = self._backends
         self._cache = LocalCache(
             cache_root,
             self._store,
             config.max_cache_size,
-            # Blobs not yet added to every backend stay, however old; uploads always stay
-            # (the cache is where they live).
-            keep=lambda sha256: self._local.keeps(sha256) or (backends is not None and backends.has_pending(sha256)),
+            # Uploads always stay (the cache is where they live).
+            keep=self._local.keeps,
             min_free=config.min_free_space,
+            # A blob that leaves the cache is dropped from the backends' queue, and removed
+            # (unpinned) from them: neither grows beyond the cache's budget.
+            on_removed=self._backends,
         )
         self._files = FileChain(
             self._cache,

@@ -59,6 +59,17 @@ SCHEMA = [
         attempts INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (sha256, backend)
     )""",
+    # Blobs a storage backend still has to forget (for IPFS: unpin), because they left the
+    # local cache (evicted or purged) while the backend held them. A row stays until the
+    # backend confirms, so an unpin asked of a node that is down is not lost.
+    """CREATE TABLE IF NOT EXISTS synapse_pypi_removals (
+        sha256 TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        queued_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (sha256, backend)
+    )""",
     # Files we know of without an upstream page: taught through the admin API (and,
     # later, learned from attestations). Offline pages are built from these.
     """CREATE TABLE IF NOT EXISTS synapse_pypi_known (
@@ -320,6 +331,9 @@ class Store:
         return await self._run_db("synapse_pypi_stored_in", txn)
 
     async def queue_stores(self, sha256: str, backends: List[str], now: int) -> None:
+        """Queue adds of a freshly committed blob; a removal still queued for it is called
+        off (the add keeps, or makes again, the backend's copy)."""
+
         def txn(t: Any) -> None:
             for backend in backends:
                 t.execute(
@@ -327,6 +341,7 @@ class Store:
                     " ON CONFLICT (sha256, backend) DO NOTHING",
                     (sha256, backend, now),
                 )
+                t.execute("DELETE FROM synapse_pypi_removals WHERE sha256 = ? AND backend = ?", (sha256, backend))
 
         await self._run_db("synapse_pypi_queue_stores", txn)
 
@@ -362,6 +377,90 @@ class Store:
             )
 
         await self._run_db("synapse_pypi_count_attempt", txn)
+
+    async def count_outage(self, backend: str, max_attempts: int) -> List[str]:
+        """Count a failed attempt for every pending add to `backend` (its service could not
+        be reached); the adds that reached `max_attempts` are dropped.
+
+        Returns:
+            The sha256 of every dropped add.
+        """
+
+        def txn(t: Any) -> List[str]:
+            t.execute("UPDATE synapse_pypi_pending SET attempts = attempts + 1 WHERE backend = ?", (backend,))
+            t.execute(
+                "SELECT sha256 FROM synapse_pypi_pending WHERE backend = ? AND attempts >= ?", (backend, max_attempts)
+            )
+            dropped = [r[0] for r in t.fetchall()]
+            t.execute("DELETE FROM synapse_pypi_pending WHERE backend = ? AND attempts >= ?", (backend, max_attempts))
+            return dropped
+
+        return await self._run_db("synapse_pypi_count_outage", txn)
+
+    async def forget_stored(self, sha256: str, unstore: bool, now: int) -> List[str]:
+        """A blob left the local cache: drop its pending adds and, with `unstore`, move what
+        the backends hold of it to the removal queue and forget the references they made
+        (so that it is neither read from them nor attested with them again).
+
+        Returns:
+            The backends whose pending add was dropped (the blob never reached them).
+        """
+
+        def txn(t: Any) -> List[str]:
+            t.execute("SELECT backend FROM synapse_pypi_pending WHERE sha256 = ?", (sha256,))
+            dropped = sorted(r[0] for r in t.fetchall())
+            t.execute("DELETE FROM synapse_pypi_pending WHERE sha256 = ?", (sha256,))
+            if not unstore:
+                return dropped
+            t.execute("SELECT backend, reference FROM synapse_pypi_stored WHERE sha256 = ?", (sha256,))
+            for backend, reference in t.fetchall():
+                t.execute(
+                    "INSERT INTO synapse_pypi_removals (sha256, backend, reference, queued_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (sha256, backend) DO UPDATE SET reference = excluded.reference",
+                    (sha256, backend, reference, now),
+                )
+                t.execute("DELETE FROM synapse_pypi_refs WHERE sha256 = ? AND learned_from = ?", (sha256, backend))
+            t.execute("DELETE FROM synapse_pypi_stored WHERE sha256 = ?", (sha256,))
+            return dropped
+
+        return await self._run_db("synapse_pypi_forget_stored", txn)
+
+    async def queue_removal(self, sha256: str, backend: str, reference: str, now: int) -> None:
+        def txn(t: Any) -> None:
+            t.execute(
+                "INSERT INTO synapse_pypi_removals (sha256, backend, reference, queued_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (sha256, backend) DO UPDATE SET reference = excluded.reference",
+                (sha256, backend, reference, now),
+            )
+
+        await self._run_db("synapse_pypi_queue_removal", txn)
+
+    async def removals(self, limit: int = 100) -> List[Tuple[str, str, str, int]]:
+        """(sha256, backend, reference, attempts) of queued removals, oldest first."""
+
+        def txn(t: Any) -> List[Tuple[str, str, str, int]]:
+            t.execute(
+                "SELECT sha256, backend, reference, attempts FROM synapse_pypi_removals ORDER BY queued_at LIMIT ?",
+                (limit,),
+            )
+            return [(r[0], r[1], r[2], int(r[3])) for r in t.fetchall()]
+
+        return await self._run_db("synapse_pypi_removals", txn)
+
+    async def drop_removal(self, sha256: str, backend: str) -> None:
+        def txn(t: Any) -> None:
+            t.execute("DELETE FROM synapse_pypi_removals WHERE sha256 = ? AND backend = ?", (sha256, backend))
+
+        await self._run_db("synapse_pypi_drop_removal", txn)
+
+    async def count_removal_attempt(self, sha256: str, backend: str) -> None:
+        def txn(t: Any) -> None:
+            t.execute(
+                "UPDATE synapse_pypi_removals SET attempts = attempts + 1 WHERE sha256 = ? AND backend = ?",
+                (sha256, backend),
+            )
+
+        await self._run_db("synapse_pypi_count_removal_attempt", txn)
 
     # -- files known without an upstream page ----------------------------------------
 

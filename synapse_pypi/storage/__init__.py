@@ -154,8 +154,13 @@ class StorageBackend:
         raise NotImplementedError
 
     async def remove(self, sha256: str, reference: str) -> None:
-        """Stop keeping the file (for IPFS: unpin it). Removing what is not there is
-        not an error."""
+        """Stop keeping the file (for IPFS: unpin it): it left the module's local cache
+        (evicted, or purged by an admin). Removing what is not there is not an error.
+
+        Raises:
+            StorageUnavailable: the service is down; the module retries until it succeeds.
+            StorageError: the service refused; the module retries a few times, then logs it.
+        """
         raise StorageError(f"{self.describe()} is read-only")
 
 

@@ -205,6 +205,118 @@ def test_kubo_backend_adds_pins_survives_outage_and_serves(synapse_factory, upst
     )
 
 
+def cache_bytes(hs) -> int:
+    """What the local cache holds on disk (every committed blob)."""
+    return sum(f.stat().st_size for f in (hs.data_directory / "cache" / "sha256").rglob("*") if f.is_file())
+
+
+def test_evicted_and_purged_files_are_unpinned(synapse_factory, upstream_factory, dists_dir, kubo_factory):
+    node = kubo_factory("a", gateway=False)
+    upstream = upstream_factory()
+    wheels = [
+        build_wheel(project_dir(dists_dir, f"pinned{i}"), f"pinned{i}", "1.0", payload_size=300_000) for i in range(4)
+    ]
+    # Room for two of the wheels (with their extracted core metadata), not three.
+    hs = synapse_factory(
+        module_config={
+            "upstream_url": upstream.url,
+            "storage_providers": [kubo_provider(node, timeout="5s")],
+            "max_cache_size": 700_000,
+            "storage_retry_interval": "200ms",
+        }
+    )
+    token = admin(hs)
+
+    def fetch(i: int) -> None:
+        status, _, body = get_file(hs, f"pinned{i}", wheels[i].name)
+        assert status == 200 and body == wheels[i].read_bytes()
+
+    def cid_of(i: int) -> str:
+        stored = poll(lambda: file_status(hs, token, sha256_file(wheels[i]))["stored"], what=f"pinned{i} added")
+        return list(stored.values())[0]["reference"]
+
+    def pinned(cid: str) -> bool:
+        reply = node.rpc("pin/ls", [("arg", cid)])
+        if reply.status == 200:
+            return reply.json()["Keys"][cid]["Type"] == "recursive"
+        assert "not pinned" in reply.body.decode(), reply
+        return False
+
+    fetch(0)
+    cid0 = cid_of(0)
+    fetch(1)
+    cid1 = cid_of(1)
+    assert pinned(cid0) and pinned(cid1)
+
+    # The third wheel evicts the first (least recently used): its pin goes, and its CID is
+    # forgotten (not read back, not attested again).
+    fetch(2)
+    cid2 = cid_of(2)
+    poll(lambda: not pinned(cid0), what="the evicted wheel unpinned")
+    status = file_status(hs, token, sha256_file(wheels[0]))
+    assert status["cached"] is False and status["stored"] == {} and "cid" not in status["references"]
+    assert re.search(rf"removed {sha256_file(wheels[0])} \({cid0}\) from kubo at \S+", hs.log_text())
+
+    # Evicted while the node is down: the unpin waits for the node and is then done.
+    node.stop()
+    fetch(3)
+    poll(lambda: not file_status(hs, token, sha256_file(wheels[1]))["cached"], what="the second wheel evicted")
+    node.start()
+    poll(lambda: not pinned(cid1), what="the wheel evicted during the outage unpinned")
+    assert pinned(cid2) and pinned(cid_of(3))
+
+    # An admin's purge unpins too.
+    status, _, body = hs.request("DELETE", f"/_synapse/pypi/v1/projects/pinned2/files/{wheels[2].name}", token=token)
+    assert status == 200, body
+    poll(lambda: not pinned(cid2), what="the purged wheel unpinned")
+
+    # Fetched again, the first wheel is added and pinned again, under the same CID.
+    fetch(0)
+    assert cid_of(0) == cid0
+    poll(lambda: pinned(cid0), what="the wheel fetched again pinned again")
+
+
+def test_files_waiting_for_a_node_that_is_down_count_against_the_cache_budget(
+    synapse_factory, upstream_factory, dists_dir, kubo_factory
+):
+    node = kubo_factory("a", gateway=False)
+    node.stop()  # down before the homeserver starts, and while the cache fills up
+    upstream = upstream_factory()
+    wheels = [
+        build_wheel(project_dir(dists_dir, f"waiting{i}"), f"waiting{i}", "1.0", payload_size=300_000) for i in range(5)
+    ]
+    budget = 700_000
+    hs = synapse_factory(
+        module_config={
+            "upstream_url": upstream.url,
+            "storage_providers": [kubo_provider(node, timeout="5s")],
+            "max_cache_size": budget,
+            "storage_retry_interval": "200ms",
+        }
+    )
+    token = admin(hs)
+    for i, wheel in enumerate(wheels):
+        status, _, body = get_file(hs, f"waiting{i}", wheel.name)
+        assert status == 200 and body == wheel.read_bytes()
+        poll(lambda: cache_bytes(hs) <= budget, what=f"the cache within its budget after waiting{i}")
+    poll(lambda: "is unavailable" in hs.log_text(), what="outage noticed")
+    statuses = [file_status(hs, token, sha256_file(w)) for w in wheels]
+    assert [s["cached"] for s in statuses] == [False, False, False, True, True]
+    assert [s["pending"] for s in statuses] == [False, False, False, True, True]
+    # Each file dropped from the queue is named, with the node it never reached.
+    for i in range(3):
+        assert re.search(
+            rf"waiting{i}/{re.escape(wheels[i].name)} \(sha256 {sha256_file(wheels[i])}\) never reached kubo at \S+: "
+            r"evicted \(least recently used\) before it was added",
+            hs.log_text(),
+        ), f"no warning names waiting{i}"
+    # The node comes back: what is still cached is added, what was evicted never is.
+    node.start()
+    for i in (3, 4):
+        poll(lambda i=i: file_status(hs, token, sha256_file(wheels[i]))["stored"], what=f"waiting{i} added")
+    assert all(file_status(hs, token, sha256_file(wheels[i]))["stored"] == {} for i in range(3))
+
+
 def test_two_homeservers_share_files_over_bitswap(synapse_factory, upstream_factory, dists_dir, kubo_factory, tmp_path):
     populate(dists_dir)
     node_a = kubo_factory("a", gateway=False)

@@ -64,6 +64,11 @@ def test_allowed_file_hosts():
     assert parse_config({**BASE, "upstream_allowed_file_hosts": None}).upstream_allowed_file_hosts == ()
 
 
+def test_unpin_evicted():
+    assert parse_config(dict(BASE)).unpin_evicted is True
+    assert parse_config({**BASE, "unpin_evicted": False}).unpin_evicted is False
+
+
 def test_keep_removed_files_are_normalized():
     assert parse_config({**BASE, "keep_removed_files": ["Zope.Interface", "six"]}).keep_removed_files == (
         "six", "zope-interface")
@@ -122,6 +127,8 @@ def test_config_is_frozen():
         ({"cid_hint_timeout": "0s"}, "cid_hint_timeout", "greater than zero"),
         ({"peer_lookup_rate": -1}, "peer_lookup_rate", "whole number"),
         ({"keep_removed_files": "six"}, "keep_removed_files", "list of project names"),
+        ({"unpin_evicted": "no"}, "unpin_evicted", "true or false"),
+        ({"unpin_evicted": 0}, "unpin_evicted", "true or false"),
         ({"keep_removed_files": ["no such name!"]}, "keep_removed_files", "keep_removed_files"),
         ({"upstream_allowed_file_hosts": "files.internal"}, "upstream_allowed_file_hosts", "list of host names"),
         ({"upstream_allowed_file_hosts": ["http://files.internal/"]}, "upstream_allowed_file_hosts", "host name"),
