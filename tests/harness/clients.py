@@ -37,6 +37,7 @@ __all__ = [
     "TWINE",
     "UV",
     "tool_python",
+    "client_python",
     "installed_version",
     "make_venv",
     "pip_install",
@@ -65,6 +66,10 @@ CLIENTS: dict[str, tuple[str, ...]] = {
     # Uploads (issue 16): the legacy upload API's reference client.
     "twine-7.0.0": ("twine==7.0.0",),
 }
+# Clients that do not run on newer Pythons (pip before 23.1 uses pkgutil.ImpImporter, gone in
+# 3.12): their venvs, and the environments they install into, use that version, found on the
+# machine by uv (Debian 12's /usr/bin/python3.11, say) when the tests run on a newer one.
+PYTHON_AT_MOST: dict[str, tuple[int, int]] = {"pip-22.3": (3, 11), "pip-23.0.1": (3, 11)}
 # What tests use when they do not test a client version on purpose.
 PIP = "pip-26.3"
 UV = "uv-0.13.9"
@@ -96,6 +101,14 @@ def _cache_root() -> Path:
     return Path(base) / "synapse-pypi" / "clients"
 
 
+def client_python(tool: str) -> str:
+    """The interpreter `tool` runs under: this one, or an older one it needs (a uv request)."""
+    most = PYTHON_AT_MOST.get(tool)
+    if most is None or sys.version_info[:2] <= most:
+        return sys.executable
+    return f"{most[0]}.{most[1]}"
+
+
 def tool_env(tool: str) -> Path:
     """The venv of `tool` (a key of `CLIENTS`), installed on first use and kept.
 
@@ -104,7 +117,8 @@ def tool_env(tool: str) -> Path:
     """
     requirements = CLIENTS[tool]
     # A venv belongs to one interpreter: key it by the interpreter and the requirements.
-    key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{sys.version}\0{requirements}".encode()).hexdigest()[:12]
+    python = client_python(tool)
+    key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{sys.version}\0{python}\0{requirements}".encode()).hexdigest()[:12]
     root = _cache_root()
     root.mkdir(parents=True, exist_ok=True)
     venv = root / f"{tool}-py{sys.version_info[0]}{sys.version_info[1]}-{key}"
@@ -120,7 +134,7 @@ def tool_env(tool: str) -> Path:
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
         env["UV_PYTHON_DOWNLOADS"] = "never"
         for cmd in (
-            [uv, "venv", "--python", sys.executable, "--quiet", str(venv)],
+            [uv, "venv", "--python", python, "--quiet", str(venv)],
             [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *requirements],
         ):
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=600)
@@ -204,14 +218,16 @@ def describe(proc: subprocess.CompletedProcess) -> str:
     )
 
 
-def make_venv(path: Path) -> Path:
+def make_venv(path: Path, python: str | None = None) -> Path:
     """Create an empty virtual environment (no pip inside) and return its python.
 
     `uv venv` takes about 0.1 s; pip installs into it from outside with `pip --python`.
+    `python`: another interpreter (`client_python` of a client that needs one).
     """
     path = Path(path)
     run_client(
-        [_installer_uv(), "venv", "--no-config", "--python", sys.executable, "--quiet", path], check=True, timeout=60
+        [_installer_uv(), "venv", "--no-config", "--python", python or sys.executable, "--quiet", path],
+        check=True, timeout=60,
     )
     python = path / "bin" / "python"
     if not python.exists():

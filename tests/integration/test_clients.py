@@ -17,6 +17,7 @@ import attrs
 import pytest
 from harness.clients import (
     CLIENTS,
+    client_python,
     describe,
     installed_version,
     make_venv,
@@ -113,13 +114,13 @@ def _assert_cold(mirror: ClientMirror, expected: dict[str, str]) -> None:
 
 def _install_twice(mirror: ClientMirror, tmp_path: Path, tool: str, install: Callable[[Path], object]) -> None:
     expected = mirror.publish(_prefix(tool))
-    python = make_venv(tmp_path / "cold")
+    python = make_venv(tmp_path / "cold", client_python(tool))
     result = install(python)
     assert result.returncode == 0, describe(result)  # type: ignore[attr-defined]
     _assert_versions(python, expected)
     _assert_cold(mirror, expected)
     with mirror.upstream_down():
-        python = make_venv(tmp_path / "offline")
+        python = make_venv(tmp_path / "offline", client_python(tool))
         result = install(python)
         assert result.returncode == 0, describe(result)  # type: ignore[attr-defined]
         _assert_versions(python, expected)
