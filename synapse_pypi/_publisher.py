@@ -102,14 +102,13 @@ class Publisher:
         """A room of ours was read: it must name the key we sign with now (`RoomSetup`)."""
         self.setup.check_key(room)
 
-    def stored(self, project: str, dist: index.DistFile, sha256: str, size: int, uploaded: bool = False) -> None:
+    def stored(self, project: str, dist: index.DistFile, sha256: str, size: int, basis: str) -> None:
         """One of our backends now holds the file (a CID): refresh our attestation with it
-        (this job replaces a waiting one for the file: it keeps what the bytes were checked against)."""
+        (this job replaces a waiting one for the file: `basis` is what that one would say)."""
         if self._version_of(dist.filename) is None:
             return
         pt = self._rooms.projects.get(project)
         mine = pt.local.record(dist.filename, self.bot) if pt is not None and pt.local is not None else None
-        basis = "upload" if uploaded else "upstream"
         if mine is not None and mine.valid and mine.attestation is not None:
             basis = mine.attestation.verified_against or "upstream"
         self._submit_attest(project, dist, sha256, size, basis)

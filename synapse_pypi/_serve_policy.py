@@ -132,7 +132,7 @@ class TrustServePolicy:
             dist = index.DistFile(filename=filename, url="", hashes={"sha256": sha256})
         uploaded = self._uploaded(project, filename, sha256)
         if stored:
-            self._trust.stored(project, dist, sha256, size, uploaded)
+            self._trust.stored(project, dist, sha256, size, uploaded, upstream_sha)
         else:
             self._trust.served(project, dist, sha256, size, upstream_sha, uploaded=uploaded)
 

