@@ -13,11 +13,11 @@ import errno
 import hashlib
 import os
 import socket
-import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from harness.syncdb import run, sqlite_run_db
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -44,25 +44,7 @@ MB = 1024 * 1024
 
 def sqlite_store(path: Path) -> Store:
     """The module's real Store over a real SQLite file, run synchronously."""
-    conn = sqlite3.connect(str(path))
-
-    async def run_db(desc: str, fn: Callable[..., Any], *args: Any) -> Any:
-        cur = conn.cursor()
-        try:
-            result = fn(cur, *args)
-            conn.commit()
-            return result
-        finally:
-            cur.close()
-
-    return Store(run_db)
-
-
-def run(coro: Any) -> Any:
-    """Run a coroutine that completes without the reactor; its result."""
-    d = defer.ensureDeferred(coro)
-    assert d.called, "the coroutine is waiting for something"
-    return d.result if not isinstance(d.result, Failure) else d.result.raiseException()
+    return Store(sqlite_run_db(path))
 
 
 class Threads:

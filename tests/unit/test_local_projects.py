@@ -4,13 +4,10 @@ upstream page, the root list; and the upload API's Authorization header."""
 from __future__ import annotations
 
 import base64
-import sqlite3
 from pathlib import Path
-from typing import Any, Callable
 
 import pytest
-from twisted.internet import defer
-from twisted.python.failure import Failure
+from harness.syncdb import run, sqlite_run_db
 
 from synapse_pypi import index
 from synapse_pypi._errors import HttpError
@@ -19,26 +16,9 @@ from synapse_pypi._names import NormalizedName
 from synapse_pypi._publish import token_from_header
 
 
-def _run(coro: Any) -> Any:
-    d = defer.ensureDeferred(coro)
-    assert d.called
-    return d.result if not isinstance(d.result, Failure) else d.result.raiseException()
-
-
 def _local(path: Path, modes: dict) -> LocalProjects:
-    conn = sqlite3.connect(str(path))
-
-    async def run_db(desc: str, fn: Callable[..., Any], *args: Any) -> Any:
-        cur = conn.cursor()
-        try:
-            result = fn(cur, *args)
-            conn.commit()
-            return result
-        finally:
-            cur.close()
-
-    local = LocalProjects(run_db, modes)
-    _run(local.start())
+    local = LocalProjects(sqlite_run_db(path), modes)
+    run(local.start())
     return local
 
 
@@ -49,8 +29,8 @@ def _upload(project: str, filename: str, sha: str = "a" * 64) -> Upload:
 def test_pages_from_uploads_merge_and_root(tmp_path: Path) -> None:
     local = _local(tmp_path / "db", {"alpha": "merge", "beta": "replace"})
     assert local.serve_mode("corp") is None and local.serve_mode("alpha") == "merge"
-    _run(local.add(_upload("corp", "corp-1.0-py3-none-any.whl")))
-    _run(local.add(_upload("alpha", "alpha-9.0-py3-none-any.whl", "b" * 64)))
+    run(local.add(_upload("corp", "corp-1.0-py3-none-any.whl")))
+    run(local.add(_upload("alpha", "alpha-9.0-py3-none-any.whl", "b" * 64)))
     assert local.serve_mode("corp") == "replace" and local.keeps("b" * 64) and not local.keeps("c" * 64)
     page = local.page("corp")
     assert page is not None and page is local.page("corp")  # the same object until the next upload

@@ -6,13 +6,11 @@ serials for longer than the grace period is followed again. `judge_serial` direc
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Optional, cast
+from typing import Any, Optional, cast
 
 import pytest
-from twisted.internet import defer
-from twisted.python.failure import Failure
+from harness.syncdb import run, sqlite_run_db
 
 from synapse_pypi import index
 from synapse_pypi._names import NormalizedName
@@ -41,26 +39,8 @@ def test_judge_serial(new: Optional[int], old: Optional[int], missing_for: int, 
     assert judge_serial(new, old, missing_for, GRACE) is verdict
 
 
-def run(coro: Any) -> Any:
-    """Run a coroutine that completes without the reactor; its result."""
-    d = defer.ensureDeferred(coro)
-    assert d.called, "the coroutine is waiting for something"
-    return d.result if not isinstance(d.result, Failure) else d.result.raiseException()
-
-
 def sqlite_store(path: Path) -> Store:
-    conn = sqlite3.connect(str(path))
-
-    async def run_db(desc: str, fn: Callable[..., Any], *args: Any) -> Any:
-        cur = conn.cursor()
-        try:
-            result = fn(cur, *args)
-            conn.commit()
-            return result
-        finally:
-            cur.close()
-
-    return Store(run_db)
+    return Store(sqlite_run_db(path))
 
 
 class Upstream:
