@@ -255,6 +255,17 @@ class LocalFirstPages(PageService):
             return PageView(page, True)
         return PageView(self.local.merged(name, view.page), view.offline)
 
+    def fresh_entry(self, name: str) -> Tuple[Any, int]:
+        mode = self.local.serve_mode(name)
+        if mode is None:
+            return super().fresh_entry(name)
+        # The uploads' page is the same object until the next upload.
+        uploads = self.local.page(name)
+        if mode == REPLACE:
+            return uploads, (self.now_ms() + 1000 if uploads is not None else 0)
+        entry, until = super().fresh_entry(name)
+        return ((entry, uploads) if entry is not None else None), until
+
     async def upstream_project(self, name: NormalizedName) -> PageView:
         """The upstream's page of `name`, without the uploads (what an upload is checked against)."""
         return await super().project(name)

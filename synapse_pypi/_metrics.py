@@ -48,6 +48,10 @@ REQUESTS = Counter(
     "HTTP requests answered by the module, by route and status.",
     ["route", "status"],
 )
+PAGES_AT_ONCE = Counter(
+    PREFIX + "pages_answered_at_once",
+    "Warm project pages given again at once, without Synapse's per-request work (_ready_answers.py).",
+)
 CACHE_LOOKUPS = Counter(
     PREFIX + "cache_lookups",
     "File and metadata requests, by whether the local cache had the file (hit) or not (miss).",
@@ -93,6 +97,12 @@ def track_request(request: Any, route: str) -> None:
         REQUESTS.labels(route, ABORTED if lost else str(request.code)).inc()
 
     request.notifyFinish().addBoth(done)
+
+
+def page_answered_at_once(code: int) -> None:
+    """Count a page request that was answered at once (finished before it returned)."""
+    REQUESTS.labels("simple_project", str(int(code))).inc()
+    PAGES_AT_ONCE.inc()
 
 
 def _all_sent(request: Any) -> bool:

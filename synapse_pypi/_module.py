@@ -23,6 +23,7 @@ from synapse_pypi._multipart_gate import let_multipart_uploads_through
 from synapse_pypi._names import NormalizedName
 from synapse_pypi._pages import PageBudget
 from synapse_pypi._publish import LegacyUploadResource
+from synapse_pypi._ready_answers import answer_ready_requests_first
 from synapse_pypi._room_reader import RoomReader
 from synapse_pypi._serve_policy import TrustServePolicy
 from synapse_pypi._snapshot_names import SnapshotNames
@@ -203,6 +204,8 @@ class PyPIModule:
         # Uploads (the legacy upload API of twine, uv, pdm, poetry): multipart forms,
         # which Synapse refuses everywhere unless let through (_multipart_gate.py).
         let_multipart_uploads_through(b"/legacy")
+        # Warm pages answered moments ago are given again before Synapse's per-request work.
+        answer_ready_requests_first()
         api.register_web_resource(
             "/legacy",
             LegacyUploadResource(

@@ -277,6 +277,19 @@ class PageService:
         entry, offline = await self._get(name, wanted)
         return PageView(entry.page, offline)
 
+    def fresh_entry(self, name: str) -> Tuple[Any, int]:
+        """What a request for `name`'s page would be answered from now without any I/O, and
+        until when (ms since the epoch): a token to compare with `is` (the same page
+        object, not revalidated, expired or forgotten since), else (None, 0). A ready
+        answer made from it may be given again until then (`SimpleResource.answer_now`)."""
+        entry = self.budget.get(("page", name))
+        if entry is None or self._offline_since is not None:
+            return None, 0
+        return entry, entry.stored.fetched_at + self._ttl
+
+    def now_ms(self) -> int:
+        return self._now()
+
     async def root(self) -> RootView:
         """The names for /simple/: the upstream's list, else the projects we have cached."""
         try:

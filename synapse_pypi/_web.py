@@ -25,6 +25,7 @@ from synapse_pypi._names import InvalidName, NormalizedName, is_safe_filename, n
 from synapse_pypi._negotiate import Format, choose_format
 from synapse_pypi._pages import PageBudget, PageService
 from synapse_pypi._ranges import RangeNotSatisfiable, content_range, parse_range
+from synapse_pypi._ready_answers import ReadyAnswers
 from synapse_pypi._responders import RequestConsumer, Responder
 from synapse_pypi._serve_policy import ServePolicy
 from synapse_pypi._upstream import UpstreamError
@@ -124,6 +125,8 @@ class SimpleResource(Resource):
         self._yieldable = yieldable
         self._ready = True
         self._ready_waiters: List[defer.Deferred[None]] = []
+        # Warm pages answered moments ago, given again at once (_ready_answers.py).
+        self.ready_answers = ReadyAnswers(pages.now_ms, self._sources, self._still_held)
 
     def gate_on(self, started: "defer.Deferred[Any]") -> None:
         """Hold requests until `started` fires (the module's start-up work)."""
@@ -135,6 +138,32 @@ class SimpleResource(Resource):
             fire_all(waiters)
 
         started.addBoth(open_gate)
+
+    def answer_now(self, request: Any, finish: Callable[[Any], None]) -> bool:
+        """Give a warm page's answer at once, before Synapse sets up its per-request work,
+        when the same request was answered moments ago and nothing it was made from has
+        changed since (`_ready_answers.py`); whether it was answered (finished with
+        `finish`). Requests with a query string always go the full way."""
+        if request.method not in (b"GET", b"HEAD") or not self._ready or b"?" in request.uri:
+            return False
+        answer = self.ready_answers.find(request)
+        if answer is None:
+            return False
+        request.setHeader(b"Vary", b"Accept, Accept-Encoding")
+        self._send_page(request, answer.rendered, answer.content_type, answer.cacheable, finish)
+        self.ready_answers.given += 1
+        if self._gauge is not None:
+            self._gauge.started()
+            self._gauge.finished()
+        return True
+
+    def _sources(self, name: str) -> Tuple[Any, ...]:
+        """What a project page's answer is made from now (`ReadyAnswers`)."""
+        token, _ = self._pages.fresh_entry(name)
+        return (token, self._files.generation, self._trust.project_generation(name) if self._trust else ())
+
+    def _still_held(self, key: Any, rendered: Any) -> bool:
+        return self._budget.get(key) is rendered
 
     def render(self, request: Any) -> Any:
         _metrics.track_request(request, _metrics.route_of(list(request.postpath)))
@@ -209,7 +238,15 @@ class SimpleResource(Resource):
             )
         return chosen
 
-    def _send_page(self, request: Any, page: "_Rendered", content_type: str, cacheable: bool) -> None:
+    def _send_page(
+        self,
+        request: Any,
+        page: "_Rendered",
+        content_type: str,
+        cacheable: bool,
+        finish: Optional[Callable[[Any], None]] = None,
+    ) -> None:
+        finish = finish or _finish
         request.setHeader(b"Content-Type", content_type.encode())
         if cacheable:
             request.setHeader(b"Cache-Control", b"max-age=%d, public" % self._page_max_age)
@@ -226,12 +263,12 @@ class SimpleResource(Resource):
             body, etag = page.gzipped, page.etag[:-1] + b'-gzip"'
             request.setHeader(b"Content-Encoding", b"gzip")
         if request.setETag(etag) is http.CACHED:
-            request.finish()
+            finish(request)
             return
         request.setHeader(b"Content-Length", b"%d" % len(body))
         if request.method != b"HEAD":
             request.write(body)
-        request.finish()
+        finish(request)
 
     async def _root(self, request: Any) -> None:
         fmt, content_type = self._negotiate(request)
@@ -274,6 +311,8 @@ class SimpleResource(Resource):
     async def _project(self, request: Any, name: str) -> None:
         fmt, content_type = self._negotiate(request)
         view = await self._pages.project(NormalizedName(name), wanted=lambda: not _gone(request))
+        # What the page came from, read before anything else can change it.
+        token, fresh_until = self._pages.fresh_entry(name)
         if self._trust is not None:
             # The rooms' views (read once; no Matrix writes): the page carries the hashes the
             # trust layer agreed on, the ones the files will be served with. Rooms are made
@@ -294,6 +333,9 @@ class SimpleResource(Resource):
                 key, stamp, len(page.files), lambda: render(page, _relative), page.last_serial
             )
         self._send_page(request, rendered, content_type, not view.offline)
+        if not view.offline:
+            sources = (token, stamp.cache_generation, stamp.trust_generation)
+            self.ready_answers.remember(request, name, key, rendered, content_type, True, sources, fresh_until)
 
     async def _servable_page(self, page: index.ProjectPage, offline: bool) -> index.ProjectPage:
         """The page as we serve it: sizes we know filled in; core metadata we extracted
@@ -448,6 +490,10 @@ class SimpleResource(Resource):
                     return WantedFile(name, filename, "", own, None)
             raise HttpError(http.NOT_FOUND, f"{filename}: the index offers no metadata file for it")
         raise HttpError(http.NOT_FOUND, f"{filename}: no such file in project {name}")
+
+
+def _finish(request: Any) -> None:
+    request.finish()
 
 
 def _gone(request: Any) -> bool:
