@@ -5,7 +5,7 @@ literal `%` or `?` in the text (SYNAPSE-FACTS §4). Times are milliseconds since
 """
 
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 import attrs
 
@@ -125,13 +125,20 @@ class Store:
 
     def __init__(self, run_db: RunDb):
         self._run_db = run_db
+        # The pages stored (their keys, read at setup; this module is the tables' only
+        # writer): a page never fetched costs no database read. With SQLite's single
+        # connection that read used to wait behind the Matrix queue's event writes, on the
+        # way of a new project's first page.
+        self._page_keys: Optional[Set[str]] = None
 
     async def setup(self) -> None:
-        def txn(t: Any) -> None:
+        def txn(t: Any) -> Set[str]:
             for stmt in SCHEMA:
                 t.execute(stmt)
+            t.execute("SELECT project FROM synapse_pypi_pages")
+            return {r[0] for r in t.fetchall()}
 
-        await self._run_db("synapse_pypi_setup", txn)
+        self._page_keys = await self._run_db("synapse_pypi_setup", txn)
 
     async def get_page(self, project: str) -> Optional[StoredPage]:
         def txn(t: Any) -> Optional[StoredPage]:
@@ -143,6 +150,8 @@ class Store:
             row = t.fetchone()
             return StoredPage(*row) if row else None
 
+        if self._page_keys is not None and project not in self._page_keys:
+            return None
         return await self._run_db("synapse_pypi_get_page", txn)
 
     async def put_page(self, page: StoredPage) -> None:
@@ -156,6 +165,8 @@ class Store:
             )
 
         await self._run_db("synapse_pypi_put_page", txn)
+        if self._page_keys is not None:
+            self._page_keys.add(page.project)
 
     async def touch_page(self, project: str, fetched_at: int) -> None:
         def txn(t: Any) -> None:
@@ -171,6 +182,8 @@ class Store:
             t.execute("DELETE FROM synapse_pypi_pages WHERE project = ?", (project,))
             return t.rowcount > 0
 
+        if self._page_keys is not None:
+            self._page_keys.discard(project)
         return await self._run_db("synapse_pypi_delete_page", txn)
 
     async def list_projects(self) -> List[str]:
