@@ -227,6 +227,8 @@ class LocalFirstPages(PageService):
         self.local = local
         # A peer's uploads (their attestations say so): pages from the rooms.
         self.uploaded_elsewhere: Optional[Callable[[str], Awaitable[Optional[index.ProjectPage]]]] = None
+        # Merged projects' page tokens (`fresh_entry`), one per project the admin lists.
+        self._merge_tokens: Dict[str, Tuple[Any, Any]] = {}
 
     async def project(self, name: NormalizedName, wanted: Any = None) -> PageView:
         mode = self.local.serve_mode(name)
@@ -264,7 +266,13 @@ class LocalFirstPages(PageService):
         if mode == REPLACE:
             return uploads, (self.now_ms() + 1000 if uploads is not None else 0)
         entry, until = super().fresh_entry(name)
-        return ((entry, uploads) if entry is not None else None), until
+        if entry is None:
+            return None, 0
+        # The same tuple while both are the same objects (tokens are compared with `is`).
+        token = self._merge_tokens.get(name)
+        if token is None or token[0] is not entry or token[1] is not uploads:
+            token = self._merge_tokens[name] = (entry, uploads)
+        return token, until
 
     async def upstream_project(self, name: NormalizedName) -> PageView:
         """The upstream's page of `name`, without the uploads (what an upload is checked against)."""

@@ -6,7 +6,7 @@ Pure logic: no Twisted, no Synapse.
 import enum
 import re
 
-__all__ = ["HTML_V1", "JSON_V1", "TEXT_HTML", "Format", "choose_format"]
+__all__ = ["HTML_V1", "JSON_V1", "TEXT_HTML", "Format", "accepts_gzip", "choose_format"]
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
@@ -133,3 +133,15 @@ def choose_format(accept: str | None, format_param: str | None) -> tuple[Format,
     if best is None:
         return None
     return best[2], best[1]
+
+
+def accepts_gzip(header: bytes | None) -> bool:
+    """Whether an Accept-Encoding header accepts gzip (RFC 9110: a q of 0 refuses it)."""
+    if not header:
+        return False
+    for part in header.decode("latin-1").lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            q = params.strip()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.", "0.0", "0.00", "0.000"))
+    return False

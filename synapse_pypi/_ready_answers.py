@@ -30,13 +30,14 @@ import attrs
 from twisted.web.server import Request
 
 from synapse_pypi import _metrics
+from synapse_pypi._negotiate import accepts_gzip
 
 logger = logging.getLogger(__name__)
 
 # How long the same answer may be given again without going the full way.
 READY_SECONDS = 1.0
-# How many answers are remembered (each holds the rendered page it sends, which the page
-# budget holds as well: an answer whose rendered bytes the budget dropped is not given).
+# How many answers are remembered at most (each holds the rendered page it sends, which the
+# page budget holds as well: an answer whose rendered bytes the budget dropped is not given).
 READY_ANSWERS = 4096
 
 
@@ -48,20 +49,22 @@ class ReadyAnswer:
     rendered_key: Hashable
     rendered: Any  # the _Rendered bytes sent
     content_type: str
-    cacheable: bool
     sources: Tuple[Any, ...]
     until_ms: int
 
 
 class ReadyAnswers:
-    """The answers remembered, by what the request asked (its URI and the headers that select
-    the representation).
+    """The answers remembered, by what selects them: the URI, and the Accept and Accept-Encoding
+    headers as the full way reads them (the last of each; gzip taken or not).
+
+    Answers are kept for at most `READY_SECONDS` (the expired ones are dropped as new ones come),
+    so that the pages they hold are not kept past the page budget's own bounds for longer.
 
     Args:
         now_ms: milliseconds since the epoch (the page service's clock).
-        sources: what an answer for a project is made from, now, as a tuple compared with
-            `==` (the page token, the cache's and the rooms' generations); its first item is
-            None when the page cannot be answered without I/O.
+        sources: what an answer for a project is made from, now: the page token (compared with
+            `is`; None when the page cannot be answered without I/O), then values compared with
+            `==` (the cache's and the rooms' generations).
         still_held: whether the budget still holds the rendered bytes under a key, as the
             same object.
     """
@@ -75,17 +78,12 @@ class ReadyAnswers:
         self._now_ms = now_ms
         self._sources = sources
         self._still_held = still_held
+        # In the order they were made, so the expired ones are at the front.
         self._answers: OrderedDict[Hashable, ReadyAnswer] = OrderedDict()
-        self.given = 0
 
     @staticmethod
     def key_of(request: Any) -> Hashable:
-        headers = request.requestHeaders
-        return (
-            request.uri,
-            headers.getRawHeaders(b"accept", (None,))[0],
-            headers.getRawHeaders(b"accept-encoding", (None,))[0],
-        )
+        return (request.uri, request.getHeader(b"accept"), accepts_gzip(request.getHeader(b"accept-encoding")))
 
     def remember(
         self,
@@ -94,18 +92,19 @@ class ReadyAnswers:
         rendered_key: Hashable,
         rendered: Any,
         content_type: str,
-        cacheable: bool,
         sources: Tuple[Any, ...],
         fresh_until_ms: int,
     ) -> None:
         """Remember the answer just sent, made from `sources` (read before the page was
         made, so that a change while it was made shows as a difference)."""
-        if sources[0] is None or not cacheable:
+        now = self._now_ms()
+        self._drop_expired(now)
+        if sources[0] is None:
             return
-        until = min(fresh_until_ms, self._now_ms() + int(READY_SECONDS * 1000))
+        until = min(fresh_until_ms, now + int(READY_SECONDS * 1000))
         key = self.key_of(request)
-        self._answers[key] = ReadyAnswer(name, rendered_key, rendered, content_type, cacheable, sources, until)
-        self._answers.move_to_end(key)
+        self._answers.pop(key, None)
+        self._answers[key] = ReadyAnswer(name, rendered_key, rendered, content_type, sources, until)
         while len(self._answers) > READY_ANSWERS:
             self._answers.popitem(last=False)
 
@@ -115,17 +114,27 @@ class ReadyAnswers:
         answer = self._answers.get(key)
         if answer is None:
             return None
+        now = self._sources(answer.name)
         if (
             self._now_ms() >= answer.until_ms
+            or now[0] is not answer.sources[0]
+            or now[1:] != answer.sources[1:]
             or not self._still_held(answer.rendered_key, answer.rendered)
-            or self._sources(answer.name) != answer.sources
         ):
             del self._answers[key]
             return None
         return answer
 
-    def forget(self) -> None:
-        self._answers.clear()
+    def _drop_expired(self, now: int) -> None:
+        answers = self._answers
+        while answers:
+            first = next(iter(answers.values()))
+            if first.until_ms > now:
+                return
+            answers.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
 
 def answer_ready_requests_first() -> bool:
@@ -150,8 +159,16 @@ def answer_ready_requests_first() -> bool:
             self.start_time = time.time()
             # What Synapse's render sets first (Twisted's default names Twisted).
             self.setHeader(b"Server", self.synapse_site.server_version_string)
-            if answer_now(self, _finish_quietly):
-                return None
+            try:
+                if answer_now(self, _finish_quietly):
+                    return None
+            except Exception:
+                # Never worse than the full way: it answers instead, unless this one had
+                # begun to (then the connection is closed, as for any failed response).
+                logger.exception("answering %s at once failed", self.uri.decode("ascii", "replace"))
+                if self.startedWriting or self.finished:
+                    self.loseConnection()
+                    return None
         return current(self, resrc)
 
     render._synapse_pypi_ready = True  # type: ignore[attr-defined]  # a marker on the function
@@ -164,8 +181,11 @@ def _finish_quietly(request: Any) -> None:
     log line Synapse would have written and the module's request metric."""
     request.finish_time = time.time()
     Request.finish(request)
-    _access_log(request)
-    _metrics.page_answered_at_once(request.code)
+    try:
+        _access_log(request)
+        _metrics.page_answered_at_once(request.code)
+    except Exception:  # the response went out whole: only its record failed
+        logger.exception("recording %s failed", request.uri.decode("ascii", "replace"))
 
 
 def _access_log(request: Any) -> None:

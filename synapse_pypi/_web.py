@@ -22,7 +22,7 @@ from synapse_pypi._context import SingleFlight, fire_all
 from synapse_pypi._errors import HttpError
 from synapse_pypi._files import METADATA_SUFFIX, FileChain, WantedFile
 from synapse_pypi._names import InvalidName, NormalizedName, is_safe_filename, normalize
-from synapse_pypi._negotiate import Format, choose_format
+from synapse_pypi._negotiate import Format, accepts_gzip, choose_format
 from synapse_pypi._pages import PageBudget, PageService
 from synapse_pypi._ranges import RangeNotSatisfiable, content_range, parse_range
 from synapse_pypi._ready_answers import ReadyAnswers
@@ -150,8 +150,7 @@ class SimpleResource(Resource):
         if answer is None:
             return False
         request.setHeader(b"Vary", b"Accept, Accept-Encoding")
-        self._send_page(request, answer.rendered, answer.content_type, answer.cacheable, finish)
-        self.ready_answers.given += 1
+        self._send_page(request, answer.rendered, answer.content_type, True, finish)
         if self._gauge is not None:
             self._gauge.started()
             self._gauge.finished()
@@ -257,7 +256,7 @@ class SimpleResource(Resource):
             request.setHeader(b"X-PyPI-Last-Serial", b"%d" % page.serial)
         # The bytes and their ETag were made once: a 304 or a HEAD costs no rendering.
         body, etag = page.body, page.etag
-        if page.gzipped is not None and _accepts_gzip(request.getHeader(b"accept-encoding")):
+        if page.gzipped is not None and accepts_gzip(request.getHeader(b"accept-encoding")):
             # A fifth of the bytes to send for a big page (what PyPI does too); the
             # representation has its own ETag.
             body, etag = page.gzipped, page.etag[:-1] + b'-gzip"'
@@ -333,9 +332,10 @@ class SimpleResource(Resource):
                 key, stamp, len(page.files), lambda: render(page, _relative), page.last_serial
             )
         self._send_page(request, rendered, content_type, not view.offline)
-        if not view.offline:
+        if not view.offline and rendered.source == stamp:
+            # (Bytes another request's render made from other sources are not remembered.)
             sources = (token, stamp.cache_generation, stamp.trust_generation)
-            self.ready_answers.remember(request, name, key, rendered, content_type, True, sources, fresh_until)
+            self.ready_answers.remember(request, name, key, rendered, content_type, sources, fresh_until)
 
     async def _servable_page(self, page: index.ProjectPage, offline: bool) -> index.ProjectPage:
         """The page as we serve it: sizes we know filled in; core metadata we extracted
@@ -515,18 +515,6 @@ def _render_both(render: Callable[[], bytes]) -> tuple:
     releases the GIL while it works, so this runs in a thread as well as anywhere)."""
     body = render()
     return body, (gzip.compress(body, 6, mtime=0) if len(body) >= GZIP_FROM_BYTES else None)
-
-
-def _accepts_gzip(header: Optional[bytes]) -> bool:
-    """Whether an Accept-Encoding header accepts gzip (RFC 9110: a q of 0 refuses it)."""
-    if not header:
-        return False
-    for part in header.decode("latin-1").lower().split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip() in ("gzip", "x-gzip", "*"):
-            q = params.strip()
-            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.", "0.0", "0.00", "0.000"))
-    return False
 
 
 def _etag(body: bytes) -> bytes:

@@ -11,9 +11,15 @@ from synapse_pypi._ready_answers import READY_ANSWERS, ReadyAnswers
 
 
 class _Request:
-    def __init__(self, uri: bytes = b"/simple/p/", accept: bytes = b"application/vnd.pypi.simple.v1+json"):
+    def __init__(self, uri: bytes = b"/simple/p/", accept: Any = b"application/vnd.pypi.simple.v1+json",
+                 encoding: bytes = b"gzip"):
         self.uri = uri
-        self.requestHeaders = Headers({b"accept": [accept], b"accept-encoding": [b"gzip"]})
+        accepts = accept if isinstance(accept, list) else [accept]
+        self.requestHeaders = Headers({b"accept": accepts, b"accept-encoding": [encoding]})
+
+    def getHeader(self, name: bytes) -> Any:  # as Twisted's: the last one
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
 
 
 class _World:
@@ -33,7 +39,7 @@ class _World:
         rendered = object()
         key = ("rendered", name, request.uri)
         self.held[key] = rendered
-        answers.remember(request, name, key, rendered, "application/json", True, self.sources[name], fresh_until)
+        answers.remember(request, name, key, rendered, "application/json", self.sources[name], fresh_until)
         return rendered
 
 
@@ -46,6 +52,38 @@ def test_an_answer_is_given_again_while_its_sources_hold():
     # Another representation, another URI: not this answer.
     assert answers.find(_Request(accept=b"text/html")) is None
     assert answers.find(_Request(uri=b"/simple/q/")) is None
+
+
+def test_selected_as_the_full_way_negotiates():
+    world = _World()
+    answers = world.answers()
+    world.remember(answers, _Request(accept=[b"text/html", b"application/vnd.pypi.simple.v1+json"]))
+    # The last Accept header is the one negotiated (Twisted's getHeader), and Accept-Encoding
+    # only selects by whether gzip is taken: clients cannot make a key per header spelling.
+    assert answers.find(_Request(accept=[b"image/png", b"application/vnd.pypi.simple.v1+json"])) is not None
+    assert answers.find(_Request(accept=[b"application/vnd.pypi.simple.v1+json", b"image/png"])) is None
+    assert answers.find(_Request(encoding=b"x-gzip, deflate")) is not None
+    assert answers.find(_Request(encoding=b"identity")) is None
+
+
+def test_an_equal_but_other_page_object_is_another_source():
+    world = _World()
+    answers = world.answers()
+    world.sources["p"] = (["page"], 1, (3,))
+    world.remember(answers, _Request())
+    world.sources["p"] = (["page"], 1, (3,))  # reloaded: equal, not the same object
+    assert answers.find(_Request()) is None
+
+
+def test_expired_answers_are_dropped_as_new_ones_come():
+    world = _World()
+    answers = world.answers()
+    for i in range(10):
+        world.remember(answers, _Request(uri=b"/simple/p/?%d" % i))
+    assert len(answers) == 10
+    world.now += 1000
+    world.remember(answers, _Request(uri=b"/simple/p/?new"))
+    assert len(answers) == 1
 
 
 def test_any_change_of_what_it_was_made_from_ends_it():
@@ -90,4 +128,4 @@ def test_the_number_of_answers_is_bounded():
         world.remember(answers, _Request(uri=b"/simple/p/?%d" % i))
     assert answers.find(_Request(uri=b"/simple/p/?0")) is None
     assert answers.find(_Request(uri=b"/simple/p/?%d" % (READY_ANSWERS + 9))) is not None
-    assert len(answers._answers) == READY_ANSWERS
+    assert len(answers) == READY_ANSWERS
