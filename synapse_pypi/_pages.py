@@ -335,8 +335,8 @@ class PageService:
         # all the requests that want it at the same moment.
         return await self._loads.run(key, lambda: self._load_stored(key))
 
-    async def _load_stored(self, key: str) -> Optional[_Entry]:
-        stored = await self._store.get_page(key)
+    async def _load_stored(self, key: str, surely: bool = False) -> Optional[_Entry]:
+        stored = await self._store.get_page(key, surely)
         if stored is None:
             return None
         try:
@@ -430,6 +430,9 @@ class PageService:
             return self._page_failed(key, entry, e)
         except UpstreamError as e:
             self._went_offline(e)
+            if entry is None:
+                # Without the upstream, whatever the database has (another worker's page).
+                entry = await self._load_stored(key, surely=True)
             if entry is None:
                 built = await self._fallback(key) if (self._fallback and key != ROOT) else None
                 if built is None:

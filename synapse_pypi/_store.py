@@ -140,7 +140,10 @@ class Store:
 
         self._page_keys = await self._run_db("synapse_pypi_setup", txn)
 
-    async def get_page(self, project: str) -> Optional[StoredPage]:
+    async def get_page(self, project: str, surely: bool = False) -> Optional[StoredPage]:
+        """The stored page of `project`. Without `surely`, a page this process never stored
+        nor found at start is taken to be missing without asking the database (another
+        worker may have stored it since: ask `surely` before going without it)."""
         def txn(t: Any) -> Optional[StoredPage]:
             t.execute(
                 "SELECT project, page, etag, last_modified, fetched_at FROM synapse_pypi_pages"
@@ -150,9 +153,12 @@ class Store:
             row = t.fetchone()
             return StoredPage(*row) if row else None
 
-        if self._page_keys is not None and project not in self._page_keys:
+        if not surely and self._page_keys is not None and project not in self._page_keys:
             return None
-        return await self._run_db("synapse_pypi_get_page", txn)
+        page = await self._run_db("synapse_pypi_get_page", txn)
+        if page is not None and self._page_keys is not None:
+            self._page_keys.add(project)
+        return page
 
     async def put_page(self, page: StoredPage) -> None:
         def txn(t: Any) -> None:
@@ -184,7 +190,12 @@ class Store:
 
         if self._page_keys is not None:
             self._page_keys.discard(project)
-        return await self._run_db("synapse_pypi_delete_page", txn)
+        try:
+            return await self._run_db("synapse_pypi_delete_page", txn)
+        except BaseException:
+            if self._page_keys is not None:
+                self._page_keys.add(project)  # (a read will tell)
+            raise
 
     async def list_projects(self) -> List[str]:
         def txn(t: Any) -> List[str]:
