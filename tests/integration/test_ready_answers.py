@@ -5,11 +5,14 @@ the page is made from has changed."""
 from __future__ import annotations
 
 import json
+import secrets
+from urllib.parse import quote
 
 import pytest
 from harness.dists import build_wheel, project_dir
-from harness.matrix import poll
+from harness.matrix import Client, join_when_ready, poll
 from harness.metrics import scrape, value
+from harness.synapse import free_port
 
 pytestmark = pytest.mark.synapse
 
@@ -102,3 +105,45 @@ def test_no_answer_is_given_again_past_the_pages_ttl(upstream_factory, synapse_f
     # Every request revalidated with the upstream; none was answered at once.
     assert upstream.hit_count("/simple/nottl/") == 5
     assert _at_once(hs) == 0
+
+
+def test_a_ban_is_on_the_next_page_while_pages_are_answered_at_once(upstream_factory, synapse_factory, dists_dir):
+    # Pages are asked for all the time (each answer may be given again for a second) while a
+    # moderator bans a file: once the file is refused, no page asked after that lists it.
+    wheel = build_wheel(project_dir(dists_dir, "ban-at-once"), "ban-at-once", "1.0")
+    newer = build_wheel(project_dir(dists_dir, "ban-at-once"), "ban-at-once", "2.0")
+    port = free_port()
+    upstream = upstream_factory()
+    hs = synapse_factory(
+        port=port, metrics=True,
+        module_config={"upstream_url": upstream.url, "moderators": [f"@mod:localhost:{port}"]},
+    )
+    admin, mod = Client.register(hs, "admin", admin=True), Client.register(hs, "mod")
+    for path in (wheel, newer):
+        assert hs.request("GET", f"/simple/ban-at-once/{path.name}")[0] == 200
+    room = join_when_ready(admin, f"#pypi-ban-at-once:{hs.server_name}")
+    mod.join(room)
+    headers = {"Accept": JSON_V1}
+    _answered_at_once(hs, "/simple/ban-at-once/", headers)
+
+    def listed() -> list:
+        return [f["filename"] for f in json.loads(hs.request("GET", "/simple/ban-at-once/", headers=headers)[2])["files"]]
+
+    assert sorted(listed()) == sorted([wheel.name, newer.name])
+    path = f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.message/{secrets.token_hex(8)}"
+    mod.call("PUT", path, {"msgtype": "m.text", "body": f"!pypi ban {wheel.name} malware"})
+    seen_at_once = _at_once(hs)
+
+    def refused_and_unlisted() -> bool:
+        before = listed()
+        refused = hs.request("GET", f"/simple/ban-at-once/{wheel.name}")[0] == 404
+        after = listed()
+        if refused:
+            assert after == [newer.name]
+            return True
+        assert wheel.name in before
+        return False
+
+    poll(refused_and_unlisted, what="the ban in force")
+    # The pages asked while the ban came were answered at once, some of them.
+    assert _at_once(hs) > seen_at_once
