@@ -5,14 +5,17 @@ Go memory. Kubo keeps every block as a file of its own, though: flatfs names it 
 of its multihash (Kubo 0.12 and later key blocks by multihash, not CID), with the extension
 `.data`, in a directory picked by the shard function recorded in `blocks/SHARDING`. flatfs
 writes a block to a temporary file and renames it into place, so a block that is there is
-whole, also while the node runs.
+whole, also while the node runs. `put` writes a block the same way (the node's own `add` of a
+file, `_file_dag.py`).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -68,7 +71,7 @@ def block_key(cid: Cid) -> str:
 
 
 class Flatfs:
-    """The `/blocks` mount of a Kubo repo, read-only.
+    """The `/blocks` mount of a Kubo repo.
 
     Raises:
         BlockstoreError: (from the constructor) if the repo keeps its blocks elsewhere.
@@ -117,3 +120,22 @@ class Flatfs:
 
     def has(self, cid: Cid) -> bool:
         return cid.hash_code == IDENTITY or self.path(cid).is_file()
+
+    def put(self, cid: Cid, data: bytes) -> None:
+        """Store a block, as flatfs does: a temporary file in the shard's directory (flatfs
+        skips names without `.data`), written and synced, then renamed into place. A block
+        already there is left as it is (its name is its hash)."""
+        path = self.path(cid)
+        if path.is_file():
+            return
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.parent / ("put-" + uuid.uuid4().hex)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

