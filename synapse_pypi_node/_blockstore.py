@@ -5,19 +5,20 @@ Go memory. Kubo keeps every block as a file of its own, though: flatfs names it 
 of its multihash (Kubo 0.12 and later key blocks by multihash, not CID), with the extension
 `.data`, in a directory picked by the shard function recorded in `blocks/SHARDING`. flatfs
 writes a block to a temporary file and renames it into place, so a block that is there is
-whole, also while the node runs. `put` writes a block the same way (the node's own `add` of a
-file, `_file_dag.py`).
+whole, also while the node runs. `writing` stores blocks the same way (the node's own `add` of
+a file, `_file_dag.py`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Set
 
 from synapse_pypi_node._cid import IDENTITY, Cid
 
@@ -121,21 +122,38 @@ class Flatfs:
     def has(self, cid: Cid) -> bool:
         return cid.hash_code == IDENTITY or self.path(cid).is_file()
 
-    def put(self, cid: Cid, data: bytes) -> None:
-        """Store a block, as flatfs does: a temporary file in the shard's directory (flatfs
-        skips names without `.data`), written and synced, then renamed into place. A block
-        already there is left as it is (its name is its hash)."""
-        path = self.path(cid)
-        if path.is_file():
-            return
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.parent / ("put-" + uuid.uuid4().hex)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Callable[[Cid, bytes], None]]:
+        """A `put` for many blocks, as flatfs's batches store them: each block written to a
+        temporary file in `.temp` (which flatfs empties when it opens the repo, so nothing is
+        left behind by a crash) and synced, then renamed into its shard's directory; each
+        directory synced once at the end. A block already there is left as it is (its name
+        is its hash)."""
+        temp = self.root / ".temp"
+        temp.mkdir(exist_ok=True)
+        touched: Set[Path] = set()
+
+        def put(cid: Cid, data: bytes) -> None:
+            path = self.path(cid)
+            if path.is_file():
+                return
+            path.parent.mkdir(exist_ok=True)
+            tmp = temp / ("put-" + uuid.uuid4().hex)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            touched.add(path.parent)
+
+        yield put
+        for directory in touched:
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

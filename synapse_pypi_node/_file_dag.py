@@ -57,6 +57,18 @@ def _cid_v0(block: bytes) -> Cid:
     return Cid.from_bytes(b"\x12\x20" + hashlib.sha256(block).digest())
 
 
+def _read_chunk(source: BinaryIO) -> bytes:
+    """CHUNK_SIZE bytes, fewer only at the end (as Kubo's chunker reads: a pipe or socket may
+    answer a read with less)."""
+    chunk = source.read(CHUNK_SIZE)
+    while chunk and len(chunk) < CHUNK_SIZE:
+        more = source.read(CHUNK_SIZE - len(chunk))
+        if not more:
+            break
+        chunk += more
+    return chunk
+
+
 def build_file(source: BinaryIO, put: Callable[[Cid, bytes], None]) -> Tuple[Cid, int]:
     """Chunk `source` and `put` every block of its DAG (leaves first, the root last); the root's
     CID and the file's size."""
@@ -76,7 +88,7 @@ def build_file(source: BinaryIO, put: Callable[[Cid, bytes], None]) -> Tuple[Cid
         levels[depth + 1].append((cid, len(block) + sum(c[1] for c in children), sum(c[2] for c in children)))
 
     while True:
-        chunk = source.read(CHUNK_SIZE)
+        chunk = _read_chunk(source)
         if not chunk and total > 0:
             break
         block = _dag_pb([], _unixfs_file(chunk, len(chunk), []))

