@@ -347,7 +347,10 @@ def test_junk_and_huge_pages_are_answered_within_a_memory_budget(upstream_factor
     # Neither page fits the 64M budget, so neither is kept: each request reads it back
     # from the database, and the memory of one is released before the next.
     assert hs.log_text().count("larger than page_cache_size; not kept in memory") >= 2
-    assert max(rss[2:]) < max(rss[:2]) + 100 * 2**20, rss
+    # A page kept by mistake would stay: one of these is about 400 MB while it is used. What
+    # the allocator keeps of freed pages varies: after the same four requests, Python 3.11 had
+    # 555, 745, 719 and 780 MB, 3.13 547, 606, 722 and 692 (the second high-water mark lower).
+    assert max(rss[2:]) < max(rss[:2]) + 200 * 2**20, rss
     assert rss[-1] - baseline < 800 * 2**20, (baseline, rss)
 
 
