@@ -114,16 +114,16 @@ class ReadyAnswers:
         answer = self._answers.get(key)
         if answer is None:
             return None
-        now = self._sources(answer.name)
-        if (
-            self._now_ms() >= answer.until_ms
-            or now[0] is not answer.sources[0]
-            or now[1:] != answer.sources[1:]
-            or not self._still_held(answer.rendered_key, answer.rendered)
-        ):
-            del self._answers[key]
-            return None
-        return answer
+        if self._now_ms() < answer.until_ms:
+            current = self._sources(answer.name)
+            if (
+                current[0] is answer.sources[0]
+                and current[1:] == answer.sources[1:]
+                and self._still_held(answer.rendered_key, answer.rendered)
+            ):
+                return answer
+        del self._answers[key]
+        return None
 
     def _drop_expired(self, now: int) -> None:
         answers = self._answers
@@ -195,7 +195,7 @@ def _access_log(request: Any) -> None:
         return
     # Synapse's line (docs/usage/administration/request_log.md), with no requester, no
     # logging context and so no resource usage or database figures.
-    took = request.finish_time - request.start_time if getattr(request, "start_time", 0) else 0.0
+    took = request.finish_time - request.start_time  # both set by the quick path
     access.info(
         "%s - %s - {%s} Processed request: %.3fsec/%.3fsec ru=(%.3fsec, %.3fsec) db=(%.3fsec/%.3fsec/%d)"
         ' %sB %s "%s %s %s" "%s" [%d dbevts]',

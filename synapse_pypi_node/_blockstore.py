@@ -18,7 +18,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, Set
+from typing import Callable, Iterator, Optional, Set
 
 from synapse_pypi_node._cid import IDENTITY, Cid
 
@@ -64,6 +64,21 @@ def shard_function(spec: str) -> Callable[[str], str]:
         return padded[start:start + n]
 
     return next_to_last
+
+
+def write_atomically(path: Path, data: bytes, tmp: Optional[Path] = None) -> None:
+    """Write `data` to `tmp` (beside `path` unless given), sync it, and rename it to `path`; a
+    failure leaves no temporary file."""
+    tmp = tmp or path.with_name(path.name + ".partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def block_key(cid: Cid) -> str:
@@ -138,16 +153,7 @@ class Flatfs:
             if path.is_file():
                 return
             path.parent.mkdir(exist_ok=True)
-            tmp = temp / ("put-" + uuid.uuid4().hex)
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            write_atomically(path, data, temp / ("put-" + uuid.uuid4().hex))
             touched.add(path.parent)
 
         yield put

@@ -80,12 +80,13 @@ def build_file(source: BinaryIO, put: Callable[[Cid, bytes], None]) -> Tuple[Cid
     def close(depth: int) -> None:
         children = levels[depth]
         levels[depth] = []
-        block = _dag_pb(children, _unixfs_file(b"", sum(c[2] for c in children), [c[2] for c in children]))
+        sizes = [c[2] for c in children]
+        block = _dag_pb(children, _unixfs_file(b"", sum(sizes), sizes))
         cid = _cid_v0(block)
         put(cid, block)
         if depth + 1 == len(levels):
             levels.append([])
-        levels[depth + 1].append((cid, len(block) + sum(c[1] for c in children), sum(c[2] for c in children)))
+        levels[depth + 1].append((cid, len(block) + sum(c[1] for c in children), sum(sizes)))
 
     while True:
         chunk = _read_chunk(source)
@@ -104,7 +105,7 @@ def build_file(source: BinaryIO, put: Callable[[Cid, bytes], None]) -> Tuple[Cid
         levels[0].append((cid, len(block), len(chunk)))
         if not chunk:
             break
-    if total == 0 or (len(levels) == 1 and len(levels[0]) == 1):
+    if len(levels) == 1 and len(levels[0]) == 1:
         # One chunk (or an empty file): the leaf is the root.
         return levels[0][0][0], total
     # Close the partial nodes bottom-up; a level left with one child above the leaves is that

